@@ -1,0 +1,1 @@
+"""Pure calibration math: no I/O, no clock, nothing of the project imported."""

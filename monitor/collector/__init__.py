@@ -1,0 +1,1 @@
+"""HTTP API: ingest of predictions and delayed feedback, read endpoints, health."""

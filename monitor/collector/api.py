@@ -1,0 +1,298 @@
+"""The FastAPI application: routes, auth, error mapping. Built by ``create_app`` from explicit parts."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from monitor import __version__
+from monitor.calibration.sequence import Aggregation
+from monitor.collector.auth import Authenticator, AuthError
+from monitor.collector.schemas import (
+    ErrorResponse,
+    FeedbackBatch,
+    FeedbackResponse,
+    PredictionBatch,
+    PredictionResponse,
+    Rejection,
+)
+from monitor.collector.serving import IdentityScorer, Scorer
+from monitor.collector.validation import BatchError, parse_body, prepare_feedback, prepare_predictions
+from monitor.config import Scope, Settings
+from monitor.store.engine import READ_ONLY
+from monitor.store.ingest import apply_feedback, insert_predictions
+from monitor.store.migrate import current_revision, head_revision
+from monitor.store.queries import ModelCounts, active_calibrators, model_counts
+from monitor.store.records import PredictionRow
+
+log = logging.getLogger("calmon.collector")
+STORE_DOWN = (OperationalError, InterfaceError, PoolTimeoutError)
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _error(status: int, message: str, field: str | None = None, rejected: list[Rejection] | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"error": message, "field": field}
+    if rejected is not None:
+        body["rejected"] = [r.model_dump() for r in rejected]
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) as soon as it exceeds ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BatchError(413, "body", f"request body exceeds {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BatchError(413, "body", f"request body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(
+    settings: Settings,
+    engine: Engine,
+    scorer: Scorer | None = None,
+    clock: Callable[[], float] = time.time,
+) -> FastAPI:
+    """Assemble the API over an engine whose schema is already migrated."""
+    auth = Authenticator(settings.auth)
+    scorer = scorer or IdentityScorer()
+    limits = settings.limits
+
+    def aggregation_for(model: str) -> Aggregation:
+        return settings.model_config_for(model).token_aggregation
+
+    app = FastAPI(
+        title="calmon",
+        version=__version__,
+        description="Calibration monitoring for LLM and classifier confidence scores.",
+        default_response_class=JSONResponse,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+
+    def require(scope: Scope) -> Callable[[Request], Awaitable[None]]:
+        async def dependency(request: Request) -> None:
+            auth.authorize(request.headers.get("authorization"), scope)
+
+        return dependency
+
+    @app.exception_handler(AuthError)
+    async def _auth_error(request: Request, exc: AuthError) -> Response:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return _error(exc.status, exc.message, headers=headers)
+
+    @app.exception_handler(BatchError)
+    async def _batch_error(request: Request, exc: BatchError) -> Response:
+        return _error(exc.status, exc.message, exc.field, exc.rejected)
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_error(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0]
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("query", "path", "body")]
+        return _error(422, str(first.get("msg")), ".".join(loc) or None)
+
+    for kind in STORE_DOWN:
+
+        @app.exception_handler(kind)
+        async def _store_down(request: Request, exc: Exception) -> Response:
+            log.warning("database unavailable", extra={"path": request.url.path, "error": type(exc).__name__})
+            return _error(503, "database unavailable; retry later", headers={"Retry-After": "5"})
+
+    @app.post(
+        "/v1/predictions",
+        dependencies=[Depends(require("ingest"))],
+        response_model=PredictionResponse,
+        responses={400: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
+                   503: {"model": ErrorResponse}},
+        summary="Log a batch of predictions; returns each calibrated confidence",
+    )
+    async def post_predictions(request: Request) -> Response:
+        body = await read_body(request, limits.max_body_bytes)
+        return await run_in_threadpool(_ingest_predictions, body)
+
+    def _ingest_predictions(body: bytes) -> Response:
+        items = parse_body(body, "predictions", limits)
+        now = clock()
+        scored, rejected = prepare_predictions(items, now, limits, aggregation_for)
+        if rejected and not scored:
+            raise BatchError(422, rejected[0].field, "every record was rejected; nothing was written", rejected)
+        groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for position, item in enumerate(scored):
+            groups[(item.model, item.segment)].append(position)
+        calibrated: list[float] = [0.0] * len(scored)
+        versions: list[str] = [""] * len(scored)
+        for (model, segment), positions in groups.items():
+            values, version = scorer.score(model, segment, [scored[p].raw_confidence for p in positions])
+            for position, value in zip(positions, values, strict=True):
+                calibrated[position] = value
+                versions[position] = version
+        rows = [
+            PredictionRow(
+                item.model, item.prediction_id, item.segment, item.ts, item.input_kind,
+                item.raw_confidence, item.predicted, item.vector, calibrated[i], versions[i],
+            )
+            for i, item in enumerate(scored)
+        ]
+        with engine.begin() as conn:
+            outcome = insert_predictions(conn, rows, now)
+        results = [
+            {
+                "index": item.index,
+                "id": result.prediction_id,
+                "calibrated_confidence": result.calibrated_confidence,
+                "calibrator_version": result.calibrator_version,
+                "duplicate": result.duplicate,
+            }
+            for item, result in zip(scored, outcome.results, strict=True)
+        ]
+        return JSONResponse(
+            {
+                "accepted": outcome.accepted,
+                "duplicates": outcome.duplicates,
+                "labelled_from_pending": outcome.labelled_from_pending,
+                "rejected": [r.model_dump() for r in rejected],
+                "results": results,
+            }
+        )
+
+    @app.post(
+        "/v1/feedback",
+        dependencies=[Depends(require("ingest"))],
+        response_model=FeedbackResponse,
+        responses={400: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
+                   503: {"model": ErrorResponse}},
+        summary="Report ground truth for earlier (or not yet arrived) predictions",
+    )
+    async def post_feedback(request: Request) -> Response:
+        body = await read_body(request, limits.max_body_bytes)
+        return await run_in_threadpool(_ingest_feedback, body)
+
+    def _ingest_feedback(body: bytes) -> Response:
+        items = parse_body(body, "feedback", limits)
+        prepared, rejected = prepare_feedback(items, limits)
+        if rejected and not prepared:
+            raise BatchError(422, rejected[0].field, "every record was rejected; nothing was written", rejected)
+        with engine.begin() as conn:
+            outcome = apply_feedback(conn, [item for _, item in prepared], clock())
+        return JSONResponse(
+            {
+                "matched": outcome.count("matched"),
+                "pending": outcome.count("pending"),
+                "duplicates": outcome.count("duplicate"),
+                "conflicts": outcome.count("conflict"),
+                "rejected": [r.model_dump() for r in rejected],
+            }
+        )
+
+    @app.get("/v1/models", dependencies=[Depends(require("read"))], summary="Every model seen, with counts")
+    def list_models() -> Response:
+        with engine.connect().execution_options(**READ_ONLY) as conn:
+            counts = model_counts(conn)
+        return JSONResponse({"models": [_model_summary(c) for c in counts.values()]})
+
+    @app.get(
+        "/v1/models/{model}",
+        dependencies=[Depends(require("read"))],
+        responses={404: {"model": ErrorResponse}},
+        summary="One model: counts, coverage, segments, active calibrators",
+    )
+    def get_model(model: str) -> Response:
+        with engine.connect().execution_options(**READ_ONLY) as conn:
+            counts = model_counts(conn, model).get(model)
+            if counts is None:
+                return _error(404, f"unknown model {model!r}", "model")
+            summary = _model_summary(counts)
+            summary["calibrators"] = active_calibrators(conn, model)
+        summary["windows"] = []
+        return JSONResponse(summary)
+
+    @app.get("/healthz", summary="The process is up")
+    def healthz() -> Response:
+        return JSONResponse({"status": "ok", "version": __version__})
+
+    @app.get("/readyz", summary="The database is reachable and migrated")
+    def readyz() -> Response:
+        try:
+            with engine.connect().execution_options(**READ_ONLY) as conn:
+                conn.execute(text("SELECT 1"))
+            revision = current_revision(engine)
+        except STORE_DOWN as exc:
+            return _error(503, f"database unreachable: {type(exc).__name__}")
+        expected = head_revision()
+        if revision != expected:
+            return _error(503, f"schema at revision {revision}, expected {expected}; run `calmon db upgrade`")
+        return JSONResponse({"status": "ready", "schema_revision": revision})
+
+    _document_bodies(app, {"/v1/predictions": PredictionBatch, "/v1/feedback": FeedbackBatch})
+    return app
+
+
+def _model_summary(counts: ModelCounts) -> dict[str, Any]:
+    return {
+        "model": counts.model,
+        "predictions": counts.predictions,
+        "labelled": counts.labelled,
+        "label_coverage": counts.labelled / counts.predictions if counts.predictions else 0.0,
+        "pending_feedback": counts.pending_feedback,
+        "feedback_conflicts": counts.conflicts,
+        "segments": [
+            {
+                "segment": s.segment,
+                "predictions": s.predictions,
+                "labelled": s.labelled,
+                "label_coverage": s.labelled / s.predictions if s.predictions else 0.0,
+                "accuracy": s.correct / s.labelled if s.labelled else None,
+                "mean_confidence_labelled": s.raw_confidence_sum_labelled / s.labelled if s.labelled else None,
+                "first_ts": s.first_ts,
+                "last_ts": s.last_ts,
+            }
+            for s in counts.segments
+        ],
+    }
+
+
+def _document_bodies(app: FastAPI, bodies: dict[str, type[Any]]) -> None:
+    """Routes reading their own body (to report per-record errors) still publish its schema."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for path, model in bodies.items():
+            body_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(body_schema.pop("$defs", {}))
+            components[model.__name__] = body_schema
+            schema["paths"][path]["post"]["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+            }
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,109 @@
+"""Wire shapes of the API. Field names are a contract (DESIGN.md "HTTP API")."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+
+StrictFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Name = Annotated[str, Field(strict=True, min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$")]
+Label = Annotated[str, Field(strict=True, max_length=256)] | Annotated[int, Field(strict=True)]
+Timestamp = Annotated[str, Field(strict=True, max_length=64)] | StrictFloat
+
+CONFIDENCE_FIELDS = ("confidence", "probs", "logits", "token_logprobs")
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+
+
+class PredictionIn(_Record):
+    """One prediction. Exactly one of confidence, probs, logits, token_logprobs."""
+
+    model: Name
+    id: Name
+    segment: Name = "default"
+    ts: Timestamp | None = Field(
+        None, description="Prediction time: RFC 3339 with a time zone, or epoch seconds. Default: now."
+    )
+    confidence: StrictFloat | None = Field(None, description="Top-label confidence in [0, 1].")
+    probs: list[StrictFloat] | None = Field(None, description="Class probabilities summing to 1.")
+    logits: list[StrictFloat] | None = Field(None, description="Class logits (softmax is applied).")
+    token_logprobs: list[StrictFloat] | None = Field(
+        None, description="Per-token log-probabilities of an LLM answer (aggregated per model config)."
+    )
+    predicted: Label | None = Field(None, description="Predicted label, compared with feedback labels.")
+
+    @model_validator(mode="after")
+    def _exactly_one_confidence(self) -> PredictionIn:
+        given = [name for name in CONFIDENCE_FIELDS if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"exactly one of {', '.join(CONFIDENCE_FIELDS)} is required"
+                + (f"; got {', '.join(given)}" if given else "")
+            )
+        return self
+
+
+class FeedbackIn(_Record):
+    """Ground truth for one prediction: ``correct`` or a ``label`` compared with the predicted one."""
+
+    model: Name
+    id: Name
+    correct: StrictBool | None = None
+    label: Label | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> FeedbackIn:
+        if (self.correct is None) == (self.label is None):
+            raise ValueError("exactly one of correct, label is required")
+        return self
+
+
+class PredictionBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    predictions: list[PredictionIn]
+
+
+class FeedbackBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    feedback: list[FeedbackIn]
+
+
+class Rejection(BaseModel):
+    index: int
+    id: str | None = None
+    field: str
+    error: str
+
+
+class PredictionResultOut(BaseModel):
+    index: int
+    id: str
+    calibrated_confidence: float
+    calibrator_version: str
+    duplicate: bool
+
+
+class PredictionResponse(BaseModel):
+    accepted: int
+    duplicates: int
+    labelled_from_pending: int
+    rejected: list[Rejection]
+    results: list[PredictionResultOut]
+
+
+class FeedbackResponse(BaseModel):
+    matched: int
+    pending: int
+    duplicates: int
+    conflicts: int
+    rejected: list[Rejection]
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    field: str | None = None
+    index: int | None = None
+    rejected: list[Rejection] = Field(default_factory=list)

@@ -1,0 +1,290 @@
+"""Turn a request body into validated records, and every defect into a message naming index and field.
+
+A batch is validated in one pass through pydantic (fast path). Only when that fails are records
+re-validated one by one, so the valid ones of a mixed batch are kept and each bad one is named.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from monitor.calibration.sequence import Aggregation, sequence_confidence, validate_token_logprobs
+from monitor.calibration.vectors import softmax_max, top_label, validate_logits, validate_probs
+from monitor.collector.schemas import FeedbackIn, PredictionIn, Rejection
+from monitor.config import LimitsConfig
+from monitor.store.records import FeedbackItem, InputKind
+
+Record = TypeVar("Record", bound=BaseModel)
+
+
+class BatchError(Exception):
+    """The request as a whole is unusable (HTTP status, the field, a message)."""
+
+    def __init__(self, status: int, field: str, message: str, rejected: list[Rejection] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.field = field
+        self.message = message
+        self.rejected = rejected or []
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredInput:
+    """A prediction after validation, before calibration."""
+
+    index: int
+    model: str
+    prediction_id: str
+    segment: str
+    ts: float
+    input_kind: InputKind
+    raw_confidence: float
+    predicted: str | None
+    vector: bytes | None
+
+
+def parse_body(body: bytes, key: str, limits: LimitsConfig) -> list[Any]:
+    """The list under ``key`` of a JSON object body, with batch-level checks."""
+    if len(body) > limits.max_body_bytes:
+        raise BatchError(413, "body", f"request body exceeds {limits.max_body_bytes} bytes")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        # orjson follows RFC 8259 strictly; Python clients emit NaN/Infinity by default. Parse those
+        # leniently so the record holding them is named instead of the whole body being refused.
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BatchError(400, "body", f"body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BatchError(422, "body", f"body must be a JSON object with a {key!r} list")
+    unknown = sorted(set(data) - {key})
+    if unknown:
+        raise BatchError(422, unknown[0], f"unknown top-level field {unknown[0]!r}; expected only {key!r}")
+    if key not in data:
+        raise BatchError(422, key, f"missing required field {key!r}")
+    items = data[key]
+    if not isinstance(items, list):
+        raise BatchError(422, key, f"{key!r} must be a list")
+    if len(items) > limits.max_batch_records:
+        raise BatchError(
+            413, key, f"batch of {len(items)} records exceeds the limit of {limits.max_batch_records}"
+        )
+    return items
+
+
+def _field_of(loc: Sequence[int | str]) -> str:
+    if not loc:
+        return "record"
+    name = str(loc[0])
+    for part in loc[1:]:
+        if isinstance(part, int):
+            name += f"[{part}]"
+    return name
+
+
+def _message(error: dict[str, Any]) -> str:
+    if error["type"] == "extra_forbidden":
+        return f"unknown field {error['loc'][0]!r}"
+    if error["type"] == "missing":
+        return "field required"
+    msg = str(error["msg"])
+    return msg.removeprefix("Value error, ")
+
+
+def _guess_id(item: Any) -> str | None:
+    if isinstance(item, dict):
+        value = item.get("id")
+        if isinstance(value, str):
+            return value[:256]
+    return None
+
+
+def _rejection_from(index: int, item: Any, exc: ValidationError) -> Rejection:
+    error = exc.errors(include_url=False)[0]
+    loc = error["loc"]
+    # A model-level validator error has an empty loc: it is about which confidence field was given.
+    field = _field_of(loc) if loc else _model_level_field(error, item)
+    return Rejection(index=index, id=_guess_id(item), field=field, error=_message(dict(error)))
+
+
+def _model_level_field(error: Any, item: Any) -> str:
+    text = str(error.get("msg", ""))
+    if "correct, label" in text:
+        return "correct" if not isinstance(item, dict) or "correct" not in item else "label"
+    if isinstance(item, dict):
+        given = [f for f in ("confidence", "probs", "logits", "token_logprobs") if item.get(f) is not None]
+        if len(given) > 1:
+            return given[1]
+    return "confidence"
+
+
+def validate_records(
+    items: list[Any], adapter: TypeAdapter[list[Record]], single: type[Record]
+) -> tuple[list[tuple[int, Record]], list[Rejection]]:
+    """Valid records with their batch index, and one Rejection per invalid record."""
+    try:
+        return list(enumerate(adapter.validate_python(items))), []
+    except ValidationError:
+        pass
+    valid: list[tuple[int, Record]] = []
+    rejected: list[Rejection] = []
+    for index, item in enumerate(items):
+        try:
+            valid.append((index, single.model_validate(item)))
+        except ValidationError as exc:
+            rejected.append(_rejection_from(index, item, exc))
+    return valid, rejected
+
+
+def parse_timestamp(value: str | float | None, now: float, limits: LimitsConfig) -> float:
+    if value is None:
+        return now
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"not an RFC 3339 timestamp: {value!r}") from None
+        if moment.tzinfo is None:
+            raise ValueError(f"timestamp {value!r} has no time zone; add 'Z' or an offset")
+        ts = moment.timestamp()
+    else:
+        ts = float(value)
+    if ts < 0:
+        raise ValueError("timestamp is before 1970")
+    if ts > now + limits.max_future_skew_seconds:
+        raise ValueError(f"timestamp is more than {limits.max_future_skew_seconds:g} s in the future")
+    return ts
+
+
+def pack_vector(values: Sequence[float]) -> bytes:
+    """float32 little-endian: compact and exact enough for logits/probabilities."""
+    return struct.pack(f"<{len(values)}f", *values)
+
+
+def unpack_vector(blob: bytes) -> list[float]:
+    return list(struct.unpack(f"<{len(blob) // 4}f", blob))
+
+
+def score_prediction(
+    index: int,
+    record: PredictionIn,
+    now: float,
+    limits: LimitsConfig,
+    aggregation_for: Callable[[str], Aggregation],
+) -> ScoredInput:
+    """Apply the config-dependent checks and reduce the given form to one raw confidence.
+
+    Raises ``_FieldError`` naming the field.
+    """
+    if len(record.id) > limits.max_id_length:
+        raise _FieldError("id", f"longer than {limits.max_id_length} characters")
+    predicted = None if record.predicted is None else str(record.predicted)
+    if predicted is not None and len(predicted) > limits.max_label_length:
+        raise _FieldError("predicted", f"longer than {limits.max_label_length} characters")
+    try:
+        ts = parse_timestamp(record.ts, now, limits)
+    except ValueError as exc:
+        raise _FieldError("ts", str(exc)) from None
+
+    vector: bytes | None = None
+    kind: InputKind
+    if record.confidence is not None:
+        kind, raw = "confidence", record.confidence
+        if not 0.0 <= raw <= 1.0:
+            raise _FieldError("confidence", f"{raw} is outside [0, 1]")
+    elif record.probs is not None:
+        kind, values = "probs", record.probs
+        _check_length("probs", values, limits)
+        try:
+            validate_probs(values, limits.probs_sum_tolerance)
+        except ValueError as exc:
+            raise _FieldError("probs", str(exc)) from None
+        best = top_label(values)
+        raw = min(1.0, values[best])
+        predicted = predicted if predicted is not None else str(best)
+        vector = pack_vector(values)
+    elif record.logits is not None:
+        kind, values = "logits", record.logits
+        _check_length("logits", values, limits)
+        try:
+            validate_logits(values)
+        except ValueError as exc:
+            raise _FieldError("logits", str(exc)) from None
+        raw = softmax_max(values)
+        predicted = predicted if predicted is not None else str(top_label(values))
+        vector = pack_vector(values)
+    else:
+        assert record.token_logprobs is not None
+        kind, values = "token_logprobs", record.token_logprobs
+        _check_length("token_logprobs", values, limits)
+        try:
+            validate_token_logprobs(values)
+        except ValueError as exc:
+            raise _FieldError("token_logprobs", str(exc)) from None
+        raw = sequence_confidence(values, aggregation_for(record.model))
+    if not math.isfinite(raw):
+        raise _FieldError(kind, "does not yield a finite confidence")
+    return ScoredInput(index, record.model, record.id, record.segment, ts, kind, raw, predicted, vector)
+
+
+def _check_length(field: str, values: Sequence[float], limits: LimitsConfig) -> None:
+    if len(values) > limits.max_vector_length:
+        raise _FieldError(field, f"{len(values)} values exceed the limit of {limits.max_vector_length}")
+
+
+class _FieldError(ValueError):
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+def prepare_predictions(
+    items: list[Any],
+    now: float,
+    limits: LimitsConfig,
+    aggregation_for: Callable[[str], Aggregation],
+) -> tuple[list[ScoredInput], list[Rejection]]:
+    valid, rejected = validate_records(items, PREDICTIONS, PredictionIn)
+    scored: list[ScoredInput] = []
+    for index, record in valid:
+        try:
+            scored.append(score_prediction(index, record, now, limits, aggregation_for))
+        except _FieldError as exc:
+            rejected.append(Rejection(index=index, id=record.id, field=exc.field, error=exc.message))
+    rejected.sort(key=lambda r: r.index)
+    return scored, rejected
+
+
+def prepare_feedback(
+    items: list[Any], limits: LimitsConfig
+) -> tuple[list[tuple[int, FeedbackItem]], list[Rejection]]:
+    valid, rejected = validate_records(items, FEEDBACK, FeedbackIn)
+    prepared: list[tuple[int, FeedbackItem]] = []
+    for index, record in valid:
+        label = None if record.label is None else str(record.label)
+        if len(record.id) > limits.max_id_length:
+            rejected.append(Rejection(index=index, id=record.id[:256], field="id",
+                                      error=f"longer than {limits.max_id_length} characters"))
+            continue
+        if label is not None and len(label) > limits.max_label_length:
+            rejected.append(Rejection(index=index, id=record.id, field="label",
+                                      error=f"longer than {limits.max_label_length} characters"))
+            continue
+        prepared.append((index, FeedbackItem(record.model, record.id, record.correct, label)))
+    rejected.sort(key=lambda r: r.index)
+    return prepared, rejected
+
+
+PREDICTIONS: TypeAdapter[list[PredictionIn]] = TypeAdapter(list[PredictionIn])
+FEEDBACK: TypeAdapter[list[FeedbackIn]] = TypeAdapter(list[FeedbackIn])

@@ -1,0 +1,274 @@
+"""The one settings object: YAML file (``--config``) overlaid by ``CALMON_*`` environment variables.
+
+Precedence, highest first: explicit overrides (CLI flags) > environment > YAML file > defaults.
+Everything is validated here, before any socket or database is opened, so a bad deployment fails
+at start with a message naming the key instead of at the first request.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+Scope = Literal["ingest", "read", "admin"]
+TokenAggregation = Literal["mean", "sum", "min"]
+_DURATION = re.compile(r"^(\d+)([smhdw])$")
+_DURATION_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in a window name such as ``1h`` or ``7d``."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise ValueError(f"not a duration like 1h, 24h or 7d: {text!r}")
+    return int(match.group(1)) * _DURATION_SECONDS[match.group(2)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EvaluationConfig(_Section):
+    interval_seconds: float = Field(60.0, gt=0)
+    windows: list[str] = Field(default_factory=lambda: ["1h", "24h", "7d"], min_length=1)
+    bucket_seconds: int = Field(300, gt=0)
+    fine_bins: int = Field(120, ge=2, le=10_000)
+    ece_bins: int = Field(15, ge=1)
+
+    @field_validator("windows")
+    @classmethod
+    def _windows_parse(cls, value: list[str]) -> list[str]:
+        for window in value:
+            parse_duration(window)
+        return value
+
+    @model_validator(mode="after")
+    def _ece_bins_divide(self) -> EvaluationConfig:
+        if self.fine_bins % self.ece_bins:
+            raise ValueError(f"ece_bins ({self.ece_bins}) must divide fine_bins ({self.fine_bins})")
+        return self
+
+
+class DriftConfig(_Section):
+    min_labelled: int = Field(500, ge=1)
+    ece_threshold: float = Field(0.05, gt=0, lt=1)
+    psi_threshold: float = Field(0.25, gt=0)
+    p_value_threshold: float = Field(0.001, gt=0, lt=1)
+    consecutive: int = Field(2, ge=1)
+    cooldown_seconds: float = Field(3600.0, ge=0)
+
+
+class RecalibrationConfig(_Section):
+    methods: list[Literal["temperature", "platt", "isotonic", "histogram", "beta"]] = Field(
+        default_factory=lambda: ["temperature", "platt", "isotonic", "histogram", "beta"], min_length=1
+    )
+    schedule: str | None = None
+    max_rows: int = Field(200_000, ge=100)
+
+
+class ModelDriftOverride(_Section):
+    min_labelled: int | None = Field(None, ge=1)
+    ece_threshold: float | None = Field(None, gt=0, lt=1)
+    psi_threshold: float | None = Field(None, gt=0)
+    p_value_threshold: float | None = Field(None, gt=0, lt=1)
+    consecutive: int | None = Field(None, ge=1)
+    cooldown_seconds: float | None = Field(None, ge=0)
+
+
+class ModelConfig(_Section):
+    drift: ModelDriftOverride = Field(default_factory=ModelDriftOverride)
+    token_aggregation: TokenAggregation = "mean"
+    max_segments: int | None = Field(None, ge=1)
+
+
+class TokenConfig(_Section):
+    """A bearer token: inline ``token`` (tests, local use) or ``token_env`` naming the variable holding it."""
+
+    name: str = Field(min_length=1)
+    token: SecretStr | None = None
+    token_env: str | None = None
+    scopes: list[Scope] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _resolve(self) -> TokenConfig:
+        if (self.token is None) == (self.token_env is None):
+            raise ValueError(f"token {self.name!r}: give exactly one of 'token' or 'token_env'")
+        if self.token_env is not None:
+            value = os.environ.get(self.token_env)
+            if not value:
+                raise ValueError(
+                    f"token {self.name!r}: environment variable {self.token_env} is not set or empty"
+                )
+            self.token = SecretStr(value)
+        assert self.token is not None
+        if len(self.token.get_secret_value()) < 16:
+            raise ValueError(f"token {self.name!r}: must be at least 16 characters")
+        return self
+
+    def secret(self) -> str:
+        assert self.token is not None
+        return self.token.get_secret_value()
+
+
+class AuthConfig(_Section):
+    tokens: list[TokenConfig] = Field(default_factory=list)
+    protect_metrics: bool = False
+
+    @field_validator("tokens")
+    @classmethod
+    def _unique_names(cls, value: list[TokenConfig]) -> list[TokenConfig]:
+        names = [token.name for token in value]
+        if len(names) != len(set(names)):
+            raise ValueError("token names must be unique")
+        return value
+
+
+class NotificationConfig(_Section):
+    kind: Literal["webhook", "slack", "email"]
+    url: SecretStr | None = None
+    events: list[str] = Field(default_factory=list)
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    sender: str | None = None
+    recipients: list[str] = Field(default_factory=list)
+
+
+class RetentionConfig(_Section):
+    raw_days: float = Field(30, gt=0)
+    sketch_days: float = Field(400, gt=0)
+
+
+class LimitsConfig(_Section):
+    """Bounds on what one request may carry; every one is a 413/422 naming the field when exceeded."""
+
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_batch_records: int = Field(10_000, ge=1)
+    max_vector_length: int = Field(4096, ge=2)
+    max_id_length: int = Field(256, ge=1)
+    max_label_length: int = Field(256, ge=1)
+    max_future_skew_seconds: float = Field(3600.0, ge=0)
+    probs_sum_tolerance: float = Field(1e-3, gt=0, lt=1)
+
+
+class DatabaseConfig(_Section):
+    pool_size: int = Field(10, ge=1)
+    max_overflow: int = Field(10, ge=0)
+    connect_timeout_seconds: int = Field(5, ge=1)
+    sqlite_synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "FULL"
+    sqlite_busy_timeout_ms: int = Field(10_000, ge=0)
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+    access_log: bool = True
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CALMON_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    database_url: SecretStr = SecretStr("sqlite:///./calmon.db")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    shutdown_grace_seconds: float = Field(30.0, ge=0)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)  # type: ignore[arg-type]
+    drift: DriftConfig = Field(default_factory=DriftConfig)  # type: ignore[arg-type]
+    recalibration: RecalibrationConfig = Field(default_factory=RecalibrationConfig)  # type: ignore[arg-type]
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    notifications: list[NotificationConfig] = Field(default_factory=list)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)  # type: ignore[arg-type]
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)  # type: ignore[arg-type]
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_backend(cls, value: SecretStr) -> SecretStr:
+        url = value.get_secret_value()
+        if not (url.startswith("sqlite") or url.startswith("postgresql")):
+            raise ValueError("database_url must be a sqlite:/// or postgresql+psycopg:// URL")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if settings_cls.model_config.get("yaml_file"):
+            sources.append(YamlConfigSettingsSource(settings_cls))
+        return tuple(sources)
+
+    def url(self) -> str:
+        return self.database_url.get_secret_value()
+
+    def model_config_for(self, model: str) -> ModelConfig:
+        return self.models.get(model) or ModelConfig()
+
+    def masked(self) -> dict[str, Any]:
+        """The effective configuration as plain data, every secret masked."""
+        data = self.model_dump(mode="json")
+        data["database_url"] = mask_url(self.url())
+        for token in data["auth"]["tokens"]:
+            token["token"] = "********"
+        for notification in data["notifications"]:
+            if notification.get("url"):
+                notification["url"] = "********"
+        return data
+
+
+def mask_url(url: str) -> str:
+    """Hide the password of a database URL (``user:***@host``)."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the offending key."""
+
+
+def load_settings(config_path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build validated settings from an optional YAML file, the environment and explicit overrides."""
+    settings_cls: type[Settings] = Settings
+    if config_path is not None:
+        path = Path(config_path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        settings_cls = type(
+            "FileSettings", (Settings,), {"model_config": {**Settings.model_config, "yaml_file": path}}
+        )
+    clean = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return settings_cls(**clean)
+    except Exception as exc:  # pydantic ValidationError, YAML errors
+        raise ConfigError(_describe(exc)) from exc
+
+
+def _describe(exc: Exception) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        parts = []
+        for err in errors():
+            loc = ".".join(str(p) for p in err.get("loc", ())) or "<root>"
+            parts.append(f"{loc}: {err.get('msg')}")
+        return "invalid configuration:\n  " + "\n  ".join(parts)
+    return f"invalid configuration: {exc}"

@@ -1,0 +1,55 @@
+"""Plain records passed between the collector and the store (validated before they get here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+InputKind = Literal["confidence", "probs", "logits", "token_logprobs"]
+FeedbackStatus = Literal["matched", "pending", "duplicate", "conflict"]
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionRow:
+    model: str
+    prediction_id: str
+    segment: str
+    ts: float
+    input_kind: InputKind
+    raw_confidence: float
+    predicted: str | None
+    vector: bytes | None
+    calibrated_confidence: float
+    calibrator_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionResult:
+    prediction_id: str
+    calibrated_confidence: float
+    calibrator_version: str
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackItem:
+    model: str
+    prediction_id: str
+    correct: bool | None
+    label: str | None
+
+
+@dataclass(slots=True)
+class PredictionOutcome:
+    results: list[PredictionResult]
+    accepted: int
+    duplicates: int
+    labelled_from_pending: int
+
+
+@dataclass(slots=True)
+class FeedbackOutcome:
+    statuses: list[FeedbackStatus]
+
+    def count(self, status: FeedbackStatus) -> int:
+        return sum(1 for s in self.statuses if s == status)

@@ -1,0 +1,131 @@
+"""The relational schema (SQLAlchemy Core). Alembic migrations must produce exactly this.
+
+Times are stored as float epoch seconds (UTC): exact to the microsecond for this century, cheap to
+bucket with arithmetic in SQL on both SQLite and PostgreSQL, and free of time-zone ambiguity.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+
+NAME_LENGTH = 256
+# BIGINT on PostgreSQL, INTEGER on SQLite so that it aliases the rowid and autoincrements.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+predictions = Table(
+    "predictions",
+    metadata,
+    Column("pk", BigId, primary_key=True, autoincrement=True),
+    Column("model", String(NAME_LENGTH), nullable=False),
+    Column("prediction_id", String(NAME_LENGTH), nullable=False),
+    Column("segment", String(NAME_LENGTH), nullable=False),
+    Column("ts", Float(precision=53), nullable=False),
+    Column("received_at", Float(precision=53), nullable=False),
+    Column("input_kind", String(16), nullable=False),  # confidence | probs | logits | token_logprobs
+    Column("raw_confidence", Float(precision=53), nullable=False),
+    Column("predicted", String(NAME_LENGTH)),
+    Column("vector", LargeBinary),  # float32 little-endian probs or logits, bounded length
+    Column("calibrated_confidence", Float(precision=53), nullable=False),
+    Column("calibrator_version", String(64), nullable=False),
+    Column("correct", Boolean),
+    Column("label", String(NAME_LENGTH)),
+    Column("labelled_at", Float(precision=53)),
+    UniqueConstraint("model", "prediction_id"),
+    Index(None, "model", "segment", "ts"),
+    Index(None, "ts"),
+)
+
+# Feedback that arrived before its prediction. Joined (and deleted) when the prediction lands.
+pending_feedback = Table(
+    "pending_feedback",
+    metadata,
+    Column("pk", BigId, primary_key=True, autoincrement=True),
+    Column("model", String(NAME_LENGTH), nullable=False),
+    Column("prediction_id", String(NAME_LENGTH), nullable=False),
+    Column("correct", Boolean),
+    Column("label", String(NAME_LENGTH)),
+    Column("received_at", Float(precision=53), nullable=False),
+    UniqueConstraint("model", "prediction_id"),
+    Index(None, "received_at"),
+)
+
+# A second, different label for an already-labelled prediction: kept for audit, never applied.
+feedback_conflicts = Table(
+    "feedback_conflicts",
+    metadata,
+    Column("pk", BigId, primary_key=True, autoincrement=True),
+    Column("model", String(NAME_LENGTH), nullable=False),
+    Column("prediction_id", String(NAME_LENGTH), nullable=False),
+    Column("kept_correct", Boolean),
+    Column("kept_label", String(NAME_LENGTH)),
+    Column("rejected_correct", Boolean),
+    Column("rejected_label", String(NAME_LENGTH)),
+    Column("received_at", Float(precision=53), nullable=False),
+    Index(None, "model", "prediction_id"),
+)
+
+calibrators = Table(
+    "calibrators",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("model", String(NAME_LENGTH), nullable=False),
+    Column("segment", String(NAME_LENGTH), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("method", String(32), nullable=False),
+    Column("params", Text, nullable=False),  # JSON, never pickle
+    Column("fit_start", Float(precision=53)),
+    Column("fit_end", Float(precision=53)),
+    Column("metrics", Text, nullable=False, server_default="{}"),  # JSON
+    Column("status", String(16), nullable=False),  # candidate | active | rejected | retired
+    Column("reason", Text, nullable=False, server_default=""),
+    Column("created_at", Float(precision=53), nullable=False),
+    Column("activated_at", Float(precision=53)),
+    UniqueConstraint("model", "segment", "version"),
+    # Exactly one active calibrator per (model, segment): enforced by the database, not by hope.
+    Index(
+        "uq_calibrators_one_active",
+        "model",
+        "segment",
+        unique=True,
+        sqlite_where=text("status = 'active'"),
+        postgresql_where=text("status = 'active'"),
+    ),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("ts", Float(precision=53), nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("model", String(NAME_LENGTH)),
+    Column("segment", String(NAME_LENGTH)),
+    Column("calibrator_id", BigId, ForeignKey("calibrators.id")),
+    Column("payload", Text, nullable=False, server_default="{}"),  # JSON
+    Index(None, "ts"),
+    Index(None, "model", "ts"),
+)
