@@ -13,7 +13,9 @@ from monitor.config import ConfigError, Settings, load_settings
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="calmon", description="Calibration monitoring for model confidences.")
+    parser = argparse.ArgumentParser(
+        prog="calmon", description="Calibration monitoring for model confidences."
+    )
     parser.add_argument("--version", action="version", version=f"calmon {__version__}")
     parser.add_argument("--config", help="YAML config file (CALMON_* environment variables override it)")
     sub = parser.add_subparsers(dest="command", required=True)

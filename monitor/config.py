@@ -22,6 +22,9 @@ from pydantic_settings import (
 
 Scope = Literal["ingest", "read", "admin"]
 TokenAggregation = Literal["mean", "sum", "min"]
+Method = Literal["temperature", "platt", "isotonic", "histogram", "beta"]
+METHODS: tuple[Method, ...] = ("temperature", "platt", "isotonic", "histogram", "beta")
+MASK = "********"
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _DURATION_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -69,9 +72,7 @@ class DriftConfig(_Section):
 
 
 class RecalibrationConfig(_Section):
-    methods: list[Literal["temperature", "platt", "isotonic", "histogram", "beta"]] = Field(
-        default_factory=lambda: ["temperature", "platt", "isotonic", "histogram", "beta"], min_length=1
-    )
+    methods: list[Method] = Field(default_factory=lambda: list(METHODS), min_length=1)
     schedule: str | None = None
     max_rows: int = Field(200_000, ge=100)
 
@@ -87,7 +88,7 @@ class ModelDriftOverride(_Section):
 
 class ModelConfig(_Section):
     drift: ModelDriftOverride = Field(default_factory=ModelDriftOverride)
-    token_aggregation: TokenAggregation = "mean"
+    token_aggregation: TokenAggregation = "mean"  # noqa: S105 (not a secret)
     max_segments: int | None = Field(None, ge=1)
 
 
@@ -187,14 +188,14 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     shutdown_grace_seconds: float = Field(30.0, ge=0)
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
-    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)  # type: ignore[arg-type]
-    drift: DriftConfig = Field(default_factory=DriftConfig)  # type: ignore[arg-type]
-    recalibration: RecalibrationConfig = Field(default_factory=RecalibrationConfig)  # type: ignore[arg-type]
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    recalibration: RecalibrationConfig = Field(default_factory=RecalibrationConfig)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     notifications: list[NotificationConfig] = Field(default_factory=list)
-    retention: RetentionConfig = Field(default_factory=RetentionConfig)  # type: ignore[arg-type]
-    limits: LimitsConfig = Field(default_factory=LimitsConfig)  # type: ignore[arg-type]
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @field_validator("database_url")
@@ -230,10 +231,10 @@ class Settings(BaseSettings):
         data = self.model_dump(mode="json")
         data["database_url"] = mask_url(self.url())
         for token in data["auth"]["tokens"]:
-            token["token"] = "********"
+            token["token"] = MASK
         for notification in data["notifications"]:
             if notification.get("url"):
-                notification["url"] = "********"
+                notification["url"] = MASK
         return data
 
 

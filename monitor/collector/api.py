@@ -49,8 +49,13 @@ class JSONResponse(Response):
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def _error(status: int, message: str, field: str | None = None, rejected: list[Rejection] | None = None,
-           headers: dict[str, str] | None = None) -> JSONResponse:
+def _error(
+    status: int,
+    message: str,
+    field: str | None = None,
+    rejected: list[Rejection] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     body: dict[str, Any] = {"error": message, "field": field}
     if rejected is not None:
         body["rejected"] = [r.model_dump() for r in rejected]
@@ -127,8 +132,12 @@ def create_app(
         "/v1/predictions",
         dependencies=[Depends(require("ingest"))],
         response_model=PredictionResponse,
-        responses={400: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
-                   503: {"model": ErrorResponse}},
+        responses={
+            400: {"model": ErrorResponse},
+            413: {"model": ErrorResponse},
+            422: {"model": ErrorResponse},
+            503: {"model": ErrorResponse},
+        },
         summary="Log a batch of predictions; returns each calibrated confidence",
     )
     async def post_predictions(request: Request) -> Response:
@@ -140,7 +149,9 @@ def create_app(
         now = clock()
         scored, rejected = prepare_predictions(items, now, limits, aggregation_for)
         if rejected and not scored:
-            raise BatchError(422, rejected[0].field, "every record was rejected; nothing was written", rejected)
+            raise BatchError(
+                422, rejected[0].field, "every record was rejected; nothing was written", rejected
+            )
         groups: dict[tuple[str, str], list[int]] = defaultdict(list)
         for position, item in enumerate(scored):
             groups[(item.model, item.segment)].append(position)
@@ -153,8 +164,16 @@ def create_app(
                 versions[position] = version
         rows = [
             PredictionRow(
-                item.model, item.prediction_id, item.segment, item.ts, item.input_kind,
-                item.raw_confidence, item.predicted, item.vector, calibrated[i], versions[i],
+                item.model,
+                item.prediction_id,
+                item.segment,
+                item.ts,
+                item.input_kind,
+                item.raw_confidence,
+                item.predicted,
+                item.vector,
+                calibrated[i],
+                versions[i],
             )
             for i, item in enumerate(scored)
         ]
@@ -184,8 +203,12 @@ def create_app(
         "/v1/feedback",
         dependencies=[Depends(require("ingest"))],
         response_model=FeedbackResponse,
-        responses={400: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
-                   503: {"model": ErrorResponse}},
+        responses={
+            400: {"model": ErrorResponse},
+            413: {"model": ErrorResponse},
+            422: {"model": ErrorResponse},
+            503: {"model": ErrorResponse},
+        },
         summary="Report ground truth for earlier (or not yet arrived) predictions",
     )
     async def post_feedback(request: Request) -> Response:
@@ -196,7 +219,9 @@ def create_app(
         items = parse_body(body, "feedback", limits)
         prepared, rejected = prepare_feedback(items, limits)
         if rejected and not prepared:
-            raise BatchError(422, rejected[0].field, "every record was rejected; nothing was written", rejected)
+            raise BatchError(
+                422, rejected[0].field, "every record was rejected; nothing was written", rejected
+            )
         with engine.begin() as conn:
             outcome = apply_feedback(conn, [item for _, item in prepared], clock())
         return JSONResponse(
@@ -267,7 +292,9 @@ def _model_summary(counts: ModelCounts) -> dict[str, Any]:
                 "labelled": s.labelled,
                 "label_coverage": s.labelled / s.predictions if s.predictions else 0.0,
                 "accuracy": s.correct / s.labelled if s.labelled else None,
-                "mean_confidence_labelled": s.raw_confidence_sum_labelled / s.labelled if s.labelled else None,
+                "mean_confidence_labelled": s.raw_confidence_sum_labelled / s.labelled
+                if s.labelled
+                else None,
                 "first_ts": s.first_ts,
                 "last_ts": s.last_ts,
             }
@@ -282,7 +309,9 @@ def _document_bodies(app: FastAPI, bodies: dict[str, type[Any]]) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
-        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         for path, model in bodies.items():
             body_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -290,7 +319,9 @@ def _document_bodies(app: FastAPI, bodies: dict[str, type[Any]]) -> None:
             components[model.__name__] = body_schema
             schema["paths"][path]["post"]["requestBody"] = {
                 "required": True,
-                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+                "content": {
+                    "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
+                },
             }
         app.openapi_schema = schema
         return schema

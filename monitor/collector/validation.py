@@ -19,7 +19,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from monitor.calibration.sequence import Aggregation, sequence_confidence, validate_token_logprobs
 from monitor.calibration.vectors import softmax_max, top_label, validate_logits, validate_probs
-from monitor.collector.schemas import FeedbackIn, PredictionIn, Rejection
+from monitor.collector.schemas import CONFIDENCE_FIELDS, FeedbackIn, PredictionIn, Rejection
 from monitor.config import LimitsConfig
 from monitor.store.records import FeedbackItem, InputKind
 
@@ -113,19 +113,18 @@ def _rejection_from(index: int, item: Any, exc: ValidationError) -> Rejection:
     error = exc.errors(include_url=False)[0]
     loc = error["loc"]
     # A model-level validator error has an empty loc: it is about which confidence field was given.
-    field = _field_of(loc) if loc else _model_level_field(error, item)
+    if loc:
+        field = _field_of(loc)
+    elif error["type"] == "value_error":
+        field = _model_level_field(error, item)
+    else:  # not an object at all
+        field = "record"
     return Rejection(index=index, id=_guess_id(item), field=field, error=_message(dict(error)))
 
 
 def _model_level_field(error: Any, item: Any) -> str:
-    text = str(error.get("msg", ""))
-    if "correct, label" in text:
-        return "correct" if not isinstance(item, dict) or "correct" not in item else "label"
-    if isinstance(item, dict):
-        given = [f for f in ("confidence", "probs", "logits", "token_logprobs") if item.get(f) is not None]
-        if len(given) > 1:
-            return given[1]
-    return "confidence"
+    """The field a record-level rule points at (only FeedbackIn has one: correct vs label)."""
+    return "label" if isinstance(item, dict) and "correct" in item else "correct"
 
 
 def validate_records(
@@ -196,6 +195,11 @@ def score_prediction(
     except ValueError as exc:
         raise _FieldError("ts", str(exc)) from None
 
+    given = [name for name in CONFIDENCE_FIELDS if getattr(record, name) is not None]
+    if len(given) != 1:
+        field = given[1] if given else "confidence"
+        got = f"; got {', '.join(given)}" if given else ""
+        raise _FieldError(field, f"exactly one of {', '.join(CONFIDENCE_FIELDS)} is required{got}")
     vector: bytes | None = None
     kind: InputKind
     if record.confidence is not None:
@@ -274,12 +278,24 @@ def prepare_feedback(
     for index, record in valid:
         label = None if record.label is None else str(record.label)
         if len(record.id) > limits.max_id_length:
-            rejected.append(Rejection(index=index, id=record.id[:256], field="id",
-                                      error=f"longer than {limits.max_id_length} characters"))
+            rejected.append(
+                Rejection(
+                    index=index,
+                    id=record.id[:256],
+                    field="id",
+                    error=f"longer than {limits.max_id_length} characters",
+                )
+            )
             continue
         if label is not None and len(label) > limits.max_label_length:
-            rejected.append(Rejection(index=index, id=record.id, field="label",
-                                      error=f"longer than {limits.max_label_length} characters"))
+            rejected.append(
+                Rejection(
+                    index=index,
+                    id=record.id,
+                    field="label",
+                    error=f"longer than {limits.max_label_length} characters",
+                )
+            )
             continue
         prepared.append((index, FeedbackItem(record.model, record.id, record.correct, label)))
     rejected.sort(key=lambda r: r.index)

@@ -17,7 +17,6 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from monitor.config import DatabaseConfig
 
-
 READ_ONLY = {"calmon_read_only": True}
 
 

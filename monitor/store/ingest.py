@@ -20,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, delete, select, update
+from sqlalchemy import Connection, and_, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from monitor.store.records import (
@@ -67,40 +67,10 @@ def insert_predictions(conn: Connection, rows: Sequence[PredictionRow], now: flo
     first: dict[tuple[str, str], PredictionRow] = {}
     for row in rows:
         first.setdefault((row.model, row.prediction_id), row)
-    params = [
-        {
-            "model": r.model,
-            "prediction_id": r.prediction_id,
-            "segment": r.segment,
-            "ts": r.ts,
-            "received_at": now,
-            "input_kind": r.input_kind,
-            "raw_confidence": r.raw_confidence,
-            "predicted": r.predicted,
-            "vector": r.vector,
-            "calibrated_confidence": r.calibrated_confidence,
-            "calibrator_version": r.calibrator_version,
-        }
-        for r in first.values()
-    ]
-    inserted: set[tuple[str, str]] = set()
-    if params:
-        stmt = _insert_ignoring_conflicts(conn, predictions).returning(
-            predictions.c.model, predictions.c.prediction_id
-        )
-        inserted = {(m, p) for m, p in conn.execute(stmt, params)}
+    inserted = _insert_new(conn, list(first.values()), now)
 
-    stored: dict[tuple[str, str], tuple[float, str]] = {}
     missing = [key for key in first if key not in inserted]
-    for model, ids in _group(missing).items():
-        for chunk in _chunks(ids):
-            query = select(
-                predictions.c.prediction_id,
-                predictions.c.calibrated_confidence,
-                predictions.c.calibrator_version,
-            ).where(predictions.c.model == model, predictions.c.prediction_id.in_(chunk))
-            for pid, calibrated, version in conn.execute(query):
-                stored[(model, pid)] = (calibrated, version)
+    stored = _lookup(conn, missing, ["calibrated_confidence", "calibrator_version"])
 
     results: list[PredictionResult] = []
     seen: set[tuple[str, str]] = set()
@@ -116,13 +86,109 @@ def insert_predictions(conn: Connection, rows: Sequence[PredictionRow], now: flo
             calibrated, version = stored.get(key, (row.calibrated_confidence, row.calibrator_version))
             results.append(PredictionResult(row.prediction_id, calibrated, version, True))
 
-    joined = _join_pending(conn, inserted, {k: first[k].predicted for k in inserted})
+    joined = _join_pending(conn, inserted) if _any_pending(conn, {m for m, _ in inserted}) else 0
     return PredictionOutcome(
         results=results,
         accepted=len(inserted),
         duplicates=len(rows) - len(inserted),
         labelled_from_pending=joined,
     )
+
+
+_SQLITE_INSERT = (
+    "INSERT INTO predictions (model, prediction_id, segment, ts, received_at, input_kind, raw_confidence, "
+    "predicted, vector, calibrated_confidence, calibrator_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (model, prediction_id) DO NOTHING"
+)
+
+
+# PostgreSQL: one INSERT ... SELECT FROM unnest(arrays) statement per batch. Measured on 1000-row
+# batches: SQLAlchemy insertmanyvalues 72.8 ms, COPY into a temp table 15.9 ms, unnest 17.7 ms.
+# unnest is chosen: near COPY speed, stateless (no temp table; safe behind transaction poolers),
+# and RETURNING tells exactly which keys this transaction inserted when replicas race.
+_PG_INSERT = (
+    "INSERT INTO predictions (model, prediction_id, segment, ts, received_at, input_kind, raw_confidence, "
+    "predicted, vector, calibrated_confidence, calibrator_version) SELECT * FROM unnest("
+    "%s::text[], %s::text[], %s::text[], %s::float8[], %s::float8[], %s::text[], %s::float8[], "
+    "%s::text[], %s::bytea[], %s::float8[], %s::text[]) "
+    "ON CONFLICT (model, prediction_id) DO NOTHING RETURNING model, prediction_id"
+)
+
+
+def _insert_new(conn: Connection, rows: Sequence[PredictionRow], now: float) -> set[tuple[str, str]]:
+    """Insert rows whose key is new; the keys actually inserted.
+
+    SQLite: writers are serialised (BEGIN IMMEDIATE), so keys absent at the pre-check are exactly the
+    ones inserted, and a driver-level executemany of tuples is ~3x faster than SQLAlchemy's
+    parameter processing. PostgreSQL: replicas race, so ask the database with RETURNING.
+    """
+    if not rows:
+        return set()
+    if conn.dialect.name == "sqlite":
+        existing = _lookup(conn, [(r.model, r.prediction_id) for r in rows], ["pk"])
+        fresh = [r for r in rows if (r.model, r.prediction_id) not in existing]
+        if not fresh:  # an empty executemany would run the statement once without parameters
+            return set()
+        conn.exec_driver_sql(_SQLITE_INSERT, [_as_tuple(r, now) for r in fresh])
+        return {(r.model, r.prediction_id) for r in fresh}
+    columns = list(zip(*(_as_tuple(r, now) for r in rows), strict=True))
+    result = conn.exec_driver_sql(_PG_INSERT, tuple(list(column) for column in columns))
+    return {(m, p) for m, p in result}
+
+
+def _as_tuple(r: PredictionRow, now: float) -> tuple[Any, ...]:
+    """One row in the column order of the INSERT statements above."""
+    return (r.model, r.prediction_id, r.segment, r.ts, now, r.input_kind, r.raw_confidence, r.predicted,
+            r.vector, r.calibrated_confidence, r.calibrator_version)  # fmt: skip
+
+
+def _lookup(
+    conn: Connection, keys: Sequence[tuple[str, str]], columns: Sequence[str], lock: bool = False
+) -> dict[tuple[str, str], tuple[Any, ...]]:
+    """Rows of ``predictions`` by (model, prediction_id): the requested columns per key found.
+
+    SQLite: chunked ``IN`` lists (its planner always probes the unique index). PostgreSQL: one
+    point query per key, pipelined by psycopg 3 in a single round trip. A ``model = ? AND
+    prediction_id IN (...)`` there depends on statistics: with a fast-growing, not yet analysed
+    table the planner used only ``model`` as index condition and filtered every row of the model
+    (63 ms per 1000 keys at 200k rows, growing with the table; point queries: 15 ms, constant).
+    """
+    found: dict[tuple[str, str], tuple[Any, ...]] = {}
+    if not keys:
+        return found
+    if conn.dialect.name == "postgresql":
+        sql = (
+            f"SELECT model, prediction_id, {', '.join(columns)} FROM predictions "  # noqa: S608 (constant)
+            f"WHERE model = %s AND prediction_id = %s{' FOR UPDATE' if lock else ''}"
+        )
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.executemany(sql, list(keys), returning=True)
+            while True:
+                for row in cursor.fetchall():
+                    found[(row[0], row[1])] = tuple(row[2:])
+                if not cursor.nextset():
+                    break
+        finally:
+            cursor.close()
+        return found
+    selected = [predictions.c[name] for name in columns]
+    for model, ids in _group(keys).items():
+        for chunk in _chunks(ids):
+            query = select(predictions.c.prediction_id, *selected).where(
+                predictions.c.model == model, predictions.c.prediction_id.in_(chunk)
+            )
+            for pid, *values in conn.execute(query):
+                found[(model, pid)] = tuple(values)
+    return found
+
+
+def _any_pending(conn: Connection, models: set[str]) -> bool:
+    """Cheap guard: parked feedback is rare, so skip the join query when a model has none."""
+    if not models:
+        return False
+    query = select(pending_feedback.c.pk).where(pending_feedback.c.model.in_(sorted(models))).limit(1)
+    return conn.execute(query).first() is not None
 
 
 def _group(keys: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
@@ -132,82 +198,81 @@ def _group(keys: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
     return grouped
 
 
-def _join_pending(
-    conn: Connection, keys: Iterable[tuple[str, str]], predicted: dict[tuple[str, str], str | None]
-) -> int:
-    """Apply parked feedback to just-inserted predictions and delete it from the parking table."""
-    matches: list[tuple[str, str, bool | None, str | None, float]] = []
+def _join_pending(conn: Connection, keys: Iterable[tuple[str, str]]) -> int:
+    """Apply parked feedback to the given (landed) predictions and delete it from the parking table."""
+    matches: list[tuple[int, int, bool | None, str | None, str | None, float]] = []
     for model, ids in _group(keys).items():
         for chunk in _chunks(ids):
             query = _for_update(
                 conn,
                 select(
-                    pending_feedback.c.prediction_id,
+                    pending_feedback.c.pk,
+                    predictions.c.pk,
                     pending_feedback.c.correct,
                     pending_feedback.c.label,
+                    predictions.c.predicted,
                     pending_feedback.c.received_at,
-                ).where(pending_feedback.c.model == model, pending_feedback.c.prediction_id.in_(chunk)),
+                )
+                .join(
+                    predictions,
+                    and_(
+                        predictions.c.model == pending_feedback.c.model,
+                        predictions.c.prediction_id == pending_feedback.c.prediction_id,
+                    ),
+                )
+                .where(pending_feedback.c.model == model, pending_feedback.c.prediction_id.in_(chunk)),
+                of=pending_feedback,
             )
-            for pid, correct, label, received_at in conn.execute(query):
-                matches.append((model, pid, correct, label, received_at))
+            matches.extend(tuple(r) for r in conn.execute(query))
     if not matches:
         return 0
     _apply_labels(
         conn,
         [
-            (model, pid, derive_correct(correct, label, predicted.get((model, pid))), label, received_at)
-            for model, pid, correct, label, received_at in matches
+            (prediction_pk, derive_correct(correct, label, predicted_label), label, received_at)
+            for _, prediction_pk, correct, label, predicted_label, received_at in matches
         ],
     )
-    conn.execute(
-        delete(pending_feedback).where(
-            pending_feedback.c.model == bindparam("m"), pending_feedback.c.prediction_id == bindparam("p")
-        ),
-        [{"m": model, "p": pid} for model, pid, *_ in matches],
-    )
+    parked = [m[0] for m in matches]
+    for start in range(0, len(parked), CHUNK):
+        conn.execute(delete(pending_feedback).where(pending_feedback.c.pk.in_(parked[start : start + CHUNK])))
     return len(matches)
 
 
-def _apply_labels(
-    conn: Connection, labels: Sequence[tuple[str, str, bool | None, str | None, float]]
-) -> None:
-    conn.execute(
-        update(predictions)
-        .where(
-            and_(
-                predictions.c.model == bindparam("m"),
-                predictions.c.prediction_id == bindparam("p"),
-                predictions.c.correct.is_(None),
-                predictions.c.label.is_(None),
-            )
-        )
-        .values(correct=bindparam("c"), label=bindparam("l"), labelled_at=bindparam("t")),
-        [{"m": m, "p": p, "c": c, "l": lab, "t": t} for m, p, c, lab, t in labels],
-    )
+# Label updates address rows by primary key (known from the locking SELECT) one statement per row,
+# so every plan is a primary-key probe whatever the statistics say. A set-based UPDATE ... FROM
+# unnest() was measured on PostgreSQL: with a never-analysed table the planner chose a nested loop
+# rescanning the array per table row (2.2 s per 1000 labels at 50k rows) or a seq scan. psycopg 3
+# pipelines executemany, so the per-row form costs no extra round trips.
+_LABEL = {
+    "postgresql": "UPDATE predictions SET correct = %s, label = %s, labelled_at = %s "
+    "WHERE pk = %s AND correct IS NULL AND label IS NULL",
+    "sqlite": "UPDATE predictions SET correct = ?, label = ?, labelled_at = ? "
+    "WHERE pk = ? AND correct IS NULL AND label IS NULL",
+}
+
+
+def _apply_labels(conn: Connection, labels: Sequence[tuple[int, bool | None, str | None, float]]) -> None:
+    """Label still-unlabelled predictions by primary key (first label wins, also under races)."""
+    if not labels:
+        return
+    conn.exec_driver_sql(_LABEL[conn.dialect.name], [(c, lab, t, pk) for pk, c, lab, t in labels])
 
 
 def apply_feedback(conn: Connection, items: Sequence[FeedbackItem], now: float) -> FeedbackOutcome:
     """Label known predictions, park feedback for unknown ones, classify duplicates and conflicts."""
     keys = list(dict.fromkeys((item.model, item.prediction_id) for item in items))
-    # Current knowledge per key: ("prediction", predicted, correct, label) or ("pending", None, correct, label)
+    # Knowledge per key: ("prediction", predicted, correct, label) or ("pending", None, correct, label)
     state: dict[tuple[str, str], tuple[str, str | None, bool | None, str | None]] = {}
-    for model, ids in _group(keys).items():
-        for chunk in _chunks(ids):
-            query = _for_update(
-                conn,
-                select(
-                    predictions.c.prediction_id,
-                    predictions.c.predicted,
-                    predictions.c.correct,
-                    predictions.c.label,
-                ).where(predictions.c.model == model, predictions.c.prediction_id.in_(chunk)),
-            )
-            for pid, predicted_label, correct, label in conn.execute(query):
-                state[(model, pid)] = ("prediction", predicted_label, correct, label)
+    pks: dict[tuple[str, str], int] = {}
+    found = _lookup(conn, keys, ["pk", "predicted", "correct", "label"], lock=True)
+    for key, (pk, predicted_label, correct, label) in found.items():
+        state[key] = ("prediction", predicted_label, correct, label)
+        pks[key] = pk
     _load_pending(conn, [k for k in keys if k not in state], state)
 
     statuses: list[FeedbackStatus] = []
-    label_updates: list[tuple[str, str, bool | None, str | None, float]] = []
+    label_updates: list[tuple[int, bool | None, str | None, float]] = []
     new_pending: dict[tuple[str, str], FeedbackItem] = {}
     conflicts: list[dict[str, Any]] = []
     for item in items:
@@ -222,7 +287,7 @@ def apply_feedback(conn: Connection, items: Sequence[FeedbackItem], now: float) 
         if where == "prediction" and kept_correct is None and kept_label is None:
             correct = derive_correct(item.correct, item.label, predicted_label)
             state[key] = ("prediction", predicted_label, correct, item.label)
-            label_updates.append((item.model, item.prediction_id, correct, item.label, now))
+            label_updates.append((pks[key], correct, item.label, now))
             statuses.append("matched")
             continue
         if _same_feedback(where, predicted_label, kept_correct, kept_label, item):
@@ -325,11 +390,7 @@ def reconcile_pending(conn: Connection, limit: int = 10_000) -> int:
     """Join parked feedback whose prediction has landed meanwhile (the cross-replica race)."""
     query = _for_update(
         conn,
-        select(
-            pending_feedback.c.model,
-            pending_feedback.c.prediction_id,
-            predictions.c.predicted,
-        )
+        select(pending_feedback.c.model, pending_feedback.c.prediction_id)
         .join(
             predictions,
             and_(
@@ -341,7 +402,5 @@ def reconcile_pending(conn: Connection, limit: int = 10_000) -> int:
         skip_locked=True,
         of=pending_feedback,
     )
-    found = [(m, p, predicted_label) for m, p, predicted_label in conn.execute(query)]
-    if not found:
-        return 0
-    return _join_pending(conn, [(m, p) for m, p, _ in found], {(m, p): pl for m, p, pl in found})
+    found = [(m, p) for m, p in conn.execute(query)]
+    return _join_pending(conn, found) if found else 0

@@ -39,9 +39,7 @@ def _segment_rows(conn: Connection, model: str | None) -> list[Any]:
         func.count(),
         labelled,
         func.coalesce(func.sum(case((predictions.c.correct.is_(True), 1), else_=0)), 0),
-        func.coalesce(
-            func.sum(predictions.c.raw_confidence).filter(predictions.c.correct.is_not(None)), 0.0
-        ),
+        func.coalesce(func.sum(predictions.c.raw_confidence).filter(predictions.c.correct.is_not(None)), 0.0),
         func.min(predictions.c.ts),
         func.max(predictions.c.ts),
     ).group_by(predictions.c.model, predictions.c.segment)

@@ -1,0 +1,45 @@
+# calmon: `make run` and `make test` do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-dev
+
+.PHONY: run test lint format typecheck services bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(VENV)/.installed $@
+
+run: $(VENV)/.installed
+	$(VENV)/bin/calmon serve
+
+services:
+	@bash .ci/ensure-services
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check monitor tests benchmarks
+	$(VENV)/bin/ruff format --check monitor tests benchmarks
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format monitor tests benchmarks
+	$(VENV)/bin/ruff check --fix monitor tests benchmarks
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy monitor
+
+test: $(STAMP) services lint typecheck
+	$(VENV)/bin/pytest
+
+bench: $(STAMP) services
+	$(PY) benchmarks/ingest.py --out benchmarks/RESULTS.md
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,114 @@
+"""Store-level ingest: the reconciler closes the prediction/feedback race between replicas."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, insert
+
+from monitor.app import PendingReconciler
+from monitor.store.ingest import apply_feedback, insert_predictions, reconcile_pending
+from monitor.store.records import FeedbackItem, PredictionRow
+from monitor.store.schema import pending_feedback, predictions
+from tests.helpers import counts, stored
+
+
+def row(pid: str, predicted: str | None = None) -> PredictionRow:
+    return PredictionRow("qa-bot", pid, "default", 1.0, "confidence", 0.8, predicted, None, 0.8, "identity")
+
+
+def test_reconcile_joins_feedback_parked_while_its_prediction_landed(engine: Engine) -> None:
+    # The race: each transaction ran before the other committed, so neither saw the other.
+    with engine.begin() as conn:
+        conn.execute(
+            insert(predictions),
+            [
+                {
+                    "model": "qa-bot",
+                    "prediction_id": pid,
+                    "segment": "default",
+                    "ts": 1.0,
+                    "received_at": 1.0,
+                    "input_kind": "confidence",
+                    "raw_confidence": 0.8,
+                    "predicted": predicted,
+                    "calibrated_confidence": 0.8,
+                    "calibrator_version": "identity",
+                }
+                for pid, predicted in (("a", None), ("b", "cat"))
+            ],
+        )
+        conn.execute(
+            insert(pending_feedback),
+            [
+                {
+                    "model": "qa-bot",
+                    "prediction_id": "a",
+                    "correct": False,
+                    "label": None,
+                    "received_at": 2.0,
+                },
+                {
+                    "model": "qa-bot",
+                    "prediction_id": "b",
+                    "correct": None,
+                    "label": "cat",
+                    "received_at": 2.0,
+                },
+                {
+                    "model": "qa-bot",
+                    "prediction_id": "never",
+                    "correct": True,
+                    "label": None,
+                    "received_at": 2.0,
+                },
+            ],
+        )
+    assert PendingReconciler(engine).run_once() == 2
+    assert stored(engine, "a").correct is False and stored(engine, "a").labelled_at == 2.0
+    assert stored(engine, "b").correct is True
+    assert counts(engine)["pending"] == 1  # the one whose prediction never came stays parked
+    with engine.begin() as conn:
+        assert reconcile_pending(conn) == 0
+
+
+@pytest.mark.parametrize("rounds", [30])
+def test_concurrent_predictions_and_feedback_end_fully_joined(engine: Engine, rounds: int) -> None:
+    errors: list[BaseException] = []
+
+    def guarded(fn: Any) -> Any:
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as exc:  # surfaced by the assertion below
+                errors.append(exc)
+
+        return run
+
+    for r in range(rounds):
+        ids = [f"r{r}-{i}" for i in range(20)]
+
+        def predict(ids: list[str] = ids) -> None:
+            with engine.begin() as conn:
+                insert_predictions(conn, [row(pid) for pid in ids], now=5.0)
+
+        def feedback(ids: list[str] = ids) -> None:
+            with engine.begin() as conn:
+                apply_feedback(conn, [FeedbackItem("qa-bot", pid, True, None) for pid in ids], now=6.0)
+
+        threads = [threading.Thread(target=guarded(predict)), threading.Thread(target=guarded(feedback))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []
+    with engine.begin() as conn:
+        reconcile_pending(conn)
+    assert counts(engine) == {
+        "predictions": 20 * rounds,
+        "labelled": 20 * rounds,
+        "pending": 0,
+        "conflicts": 0,
+    }
