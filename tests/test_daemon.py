@@ -91,3 +91,34 @@ def test_database_outage_gives_503_then_recovers_without_restart(
         # the 503'd batch was not half-written: exactly the acknowledged 10 are there
         assert conn.execute(select(func.count()).select_from(predictions)).scalar_one() == 10
     engine.dispose()
+
+
+def test_acknowledged_batches_survive_a_kill_9(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'crash.db'}"
+    daemon = Daemon(url, log_path=tmp_path / "daemon.log")
+    try:
+        daemon.wait_healthy()
+        for start in range(0, 3000, 1000):
+            assert (
+                httpx.post(
+                    f"{daemon.base_url}/v1/predictions", json=body(range(start, start + 1000))
+                ).status_code
+                == 200
+            )
+        assert (
+            httpx.post(
+                f"{daemon.base_url}/v1/feedback",
+                json={"feedback": [{"model": "m", "id": f"p{i}", "correct": True} for i in range(500)]},
+            ).status_code
+            == 200
+        )
+    finally:
+        daemon.process.kill()  # no graceful shutdown, no checkpoint
+        daemon.process.wait()
+        daemon.stop()
+    engine = create_store_engine(url)
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(predictions)).scalar_one() == 3000
+        labelled = select(func.count()).select_from(predictions).where(predictions.c.correct.is_not(None))
+        assert conn.execute(labelled).scalar_one() == 500
+    engine.dispose()

@@ -181,7 +181,7 @@ def create_app(
             outcome = insert_predictions(conn, rows, now)
         results = [
             {
-                "index": item.index,
+                "index": item.position,
                 "id": result.prediction_id,
                 "calibrated_confidence": result.calibrated_confidence,
                 "calibrator_version": result.calibrator_version,

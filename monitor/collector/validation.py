@@ -10,9 +10,8 @@ import json
 import math
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -37,11 +36,10 @@ class BatchError(Exception):
         self.rejected = rejected or []
 
 
-@dataclass(frozen=True, slots=True)
-class ScoredInput:
-    """A prediction after validation, before calibration."""
+class ScoredInput(NamedTuple):
+    """A prediction after validation, before calibration (a NamedTuple: cheap on the hot path)."""
 
-    index: int
+    position: int  # index of the record in the request batch
     model: str
     prediction_id: str
     segment: str

@@ -95,10 +95,11 @@ def insert_predictions(conn: Connection, rows: Sequence[PredictionRow], now: flo
     )
 
 
+# Column order: the PredictionRow fields, then received_at.
 _SQLITE_INSERT = (
-    "INSERT INTO predictions (model, prediction_id, segment, ts, received_at, input_kind, raw_confidence, "
-    "predicted, vector, calibrated_confidence, calibrator_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (model, prediction_id) DO NOTHING"
+    "INSERT INTO predictions (model, prediction_id, segment, ts, input_kind, raw_confidence, predicted, "
+    "vector, calibrated_confidence, calibrator_version, received_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (model, prediction_id) DO NOTHING"
 )
 
 
@@ -107,10 +108,10 @@ _SQLITE_INSERT = (
 # unnest is chosen: near COPY speed, stateless (no temp table; safe behind transaction poolers),
 # and RETURNING tells exactly which keys this transaction inserted when replicas race.
 _PG_INSERT = (
-    "INSERT INTO predictions (model, prediction_id, segment, ts, received_at, input_kind, raw_confidence, "
-    "predicted, vector, calibrated_confidence, calibrator_version) SELECT * FROM unnest("
-    "%s::text[], %s::text[], %s::text[], %s::float8[], %s::float8[], %s::text[], %s::float8[], "
-    "%s::text[], %s::bytea[], %s::float8[], %s::text[]) "
+    "INSERT INTO predictions (model, prediction_id, segment, ts, input_kind, raw_confidence, predicted, "
+    "vector, calibrated_confidence, calibrator_version, received_at) SELECT * FROM unnest("
+    "%s::text[], %s::text[], %s::text[], %s::float8[], %s::text[], %s::float8[], %s::text[], "
+    "%s::bytea[], %s::float8[], %s::text[], %s::float8[]) "
     "ON CONFLICT (model, prediction_id) DO NOTHING RETURNING model, prediction_id"
 )
 
@@ -118,28 +119,26 @@ _PG_INSERT = (
 def _insert_new(conn: Connection, rows: Sequence[PredictionRow], now: float) -> set[tuple[str, str]]:
     """Insert rows whose key is new; the keys actually inserted.
 
-    SQLite: writers are serialised (BEGIN IMMEDIATE), so keys absent at the pre-check are exactly the
-    ones inserted, and a driver-level executemany of tuples is ~3x faster than SQLAlchemy's
-    parameter processing. PostgreSQL: replicas race, so ask the database with RETURNING.
+    SQLite: writers are serialised (BEGIN IMMEDIATE), so the insert is optimistic: a driver-level
+    executemany of tuples (~3x faster than SQLAlchemy's parameter processing), and only when the
+    change count falls short are the pre-existing keys identified — as those whose rowid is not
+    above the largest one before the insert. PostgreSQL: replicas race, so ask with RETURNING.
     """
     if not rows:
         return set()
+    keys = {(r.model, r.prediction_id) for r in rows}
     if conn.dialect.name == "sqlite":
-        existing = _lookup(conn, [(r.model, r.prediction_id) for r in rows], ["pk"])
-        fresh = [r for r in rows if (r.model, r.prediction_id) not in existing]
-        if not fresh:  # an empty executemany would run the statement once without parameters
-            return set()
-        conn.exec_driver_sql(_SQLITE_INSERT, [_as_tuple(r, now) for r in fresh])
-        return {(r.model, r.prediction_id) for r in fresh}
-    columns = list(zip(*(_as_tuple(r, now) for r in rows), strict=True))
-    result = conn.exec_driver_sql(_PG_INSERT, tuple(list(column) for column in columns))
-    return {(m, p) for m, p in result}
-
-
-def _as_tuple(r: PredictionRow, now: float) -> tuple[Any, ...]:
-    """One row in the column order of the INSERT statements above."""
-    return (r.model, r.prediction_id, r.segment, r.ts, now, r.input_kind, r.raw_confidence, r.predicted,
-            r.vector, r.calibrated_confidence, r.calibrator_version)  # fmt: skip
+        dbapi = conn.connection.driver_connection
+        assert dbapi is not None
+        last_pk = conn.exec_driver_sql("SELECT max(pk) FROM predictions").scalar() or 0
+        before = dbapi.total_changes
+        conn.exec_driver_sql(_SQLITE_INSERT, [(*r, now) for r in rows])
+        if dbapi.total_changes - before == len(rows):
+            return keys
+        found = _lookup(conn, list(keys), ["pk"])
+        return {key for key, (pk,) in found.items() if pk > last_pk}
+    columns = tuple(list(column) for column in zip(*((*r, now) for r in rows), strict=True))
+    return {(m, p) for m, p in conn.exec_driver_sql(_PG_INSERT, columns)}
 
 
 def _lookup(

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 InputKind = Literal["confidence", "probs", "logits", "token_logprobs"]
 FeedbackStatus = Literal["matched", "pending", "duplicate", "conflict"]
 
 
-@dataclass(frozen=True, slots=True)
-class PredictionRow:
+class PredictionRow(NamedTuple):
+    """A validated, calibrated prediction; field order is the INSERT column order (hot path)."""
+
     model: str
     prediction_id: str
     segment: str

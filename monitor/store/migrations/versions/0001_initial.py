@@ -41,7 +41,6 @@ def upgrade() -> None:
         sa.UniqueConstraint("model", "prediction_id", name="uq_predictions_model_prediction_id"),
     )
     op.create_index("ix_predictions_model_segment_ts", "predictions", ["model", "segment", "ts"])
-    op.create_index("ix_predictions_ts", "predictions", ["ts"])
 
     op.create_table(
         "pending_feedback",
