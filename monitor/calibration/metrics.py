@@ -104,8 +104,8 @@ def bin_stats(p: FloatArray, y: FloatArray, n_bins: int, strategy: Strategy = "u
     return BinStats(
         edges=edges,
         count=np.bincount(index, minlength=size).astype(np.float64),
-        sum_confidence=np.bincount(index, weights=p, minlength=size),
-        sum_correct=np.bincount(index, weights=y, minlength=size),
+        sum_confidence=np.bincount(index, weights=p, minlength=size).astype(np.float64),
+        sum_correct=np.bincount(index, weights=y, minlength=size).astype(np.float64),
     )
 
 
@@ -205,7 +205,9 @@ class ReliabilityTable:
                 "lower": float(self.lower[i]),
                 "upper": float(self.upper[i]),
                 "count": int(self.count[i]),
-                "mean_confidence": None if np.isnan(self.mean_confidence[i]) else float(self.mean_confidence[i]),
+                "mean_confidence": None
+                if np.isnan(self.mean_confidence[i])
+                else float(self.mean_confidence[i]),
                 "accuracy": None if np.isnan(self.accuracy[i]) else float(self.accuracy[i]),
             }
             for i in range(len(self.count))
@@ -230,11 +232,15 @@ def reliability_table(
     return table_from_bins(bin_stats(p, y, n_bins, strategy))
 
 
-def spiegelhalter_from_sums(n: float, s1: float, s2: float, s3: float, s4: float, sy: float, syp: float) -> tuple[float, float]:
+def spiegelhalter_from_sums(
+    n: float, s1: float, s2: float, s3: float, s4: float, sy: float, syp: float
+) -> tuple[float, float]:
     """Spiegelhalter's Z from moments: numerator sum (y - p)(1 - 2p), variance sum (1 - 2p)^2 p (1 - p)."""
     numerator = sy - 2.0 * syp - s1 + 2.0 * s2
     variance = s1 - 5.0 * s2 + 8.0 * s3 - 4.0 * s4
-    if n == 0 or variance <= 0.0:
+    # The moment form cancels terms: treat rounding-level variance as the degenerate case (every
+    # confidence 0, 1/2 or 1) that the direct form reports as exactly 0.
+    if n == 0 or variance <= 1e-12 * max(1.0, s1):
         return float("nan"), float("nan")
     z = numerator / np.sqrt(variance)
     return float(z), float(2.0 * ndtr(-abs(z)))
@@ -281,7 +287,9 @@ def ece_bootstrap_ci(
         for b in range(n_boot):
             pick = rng.integers(0, n, n)
             i = index[pick]
-            gap = np.bincount(i, weights=y[pick], minlength=n_bins) - np.bincount(i, weights=p[pick], minlength=n_bins)
+            gap = np.bincount(i, weights=y[pick], minlength=n_bins) - np.bincount(
+                i, weights=p[pick], minlength=n_bins
+            )
             values[b] = float(np.abs(gap).sum() / n)
     else:
         for b in range(n_boot):
