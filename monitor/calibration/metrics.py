@@ -31,15 +31,19 @@ def validate(confidence: ArrayLike, correct: ArrayLike | None = None) -> tuple[F
         raise ValueError(f"confidence must be 1-D, got shape {p.shape}")
     if p.size == 0:
         raise ValueError("confidence is empty")
-    if not np.all(np.isfinite(p)):
-        raise ValueError(f"confidence holds {int(np.sum(~np.isfinite(p)))} NaN or infinite values")
-    if p.min() < 0.0 or p.max() > 1.0:
-        raise ValueError(f"confidence must lie in [0, 1]; got range [{p.min()}, {p.max()}]")
+    low, high = p.min(), p.max()  # NaN propagates into both: one check covers range and NaN
+    if not (low >= 0.0 and high <= 1.0):
+        bad = int(np.sum(~np.isfinite(p)))
+        if bad:
+            raise ValueError(f"confidence holds {bad} NaN or infinite values")
+        raise ValueError(f"confidence must lie in [0, 1]; got range [{low}, {high}]")
     if correct is None:
         return p, np.empty(0)
     y_raw = np.asarray(correct)
     if y_raw.shape != p.shape:
         raise ValueError(f"correct has shape {y_raw.shape}, confidence {p.shape}")
+    if y_raw.dtype == np.bool_:
+        return p, y_raw.view(np.uint8)  # 0/1 by construction; zero-copy
     y = y_raw.astype(np.float64)
     if not np.all((y == 0.0) | (y == 1.0)):
         raise ValueError("correct must hold only 0/1 or booleans")
@@ -52,10 +56,29 @@ def bin_edges(n_bins: int) -> FloatArray:
     return np.linspace(0.0, 1.0, n_bins + 1)
 
 
+# A value whose p * n_bins lies this close to an integer may sit on an edge: it is binned exactly.
+_EDGE_TOLERANCE = 1e-9
+
+
 def bin_index(p: FloatArray, n_bins: int) -> IntArray:
-    """Bin of each confidence: ``(lo, hi]`` bins, 0 in the first (scikit-learn's searchsorted rule)."""
-    inner = bin_edges(n_bins)[1:-1]
-    return np.searchsorted(inner, p, side="left").astype(np.intp)
+    """Bin of each confidence: ``(lo, hi]`` bins, 0 in the first — exactly scikit-learn's rule
+    (``searchsorted`` on ``linspace`` edges), including values on an edge such as 0.7 of 10 bins.
+
+    A binary search per value is slow (0.21 s for 10M); ``floor(p * n)`` is fast but rounds the
+    wrong way for values on or within rounding of an edge (``0.7 * 10 = 7.000000000000001``). So the
+    floor is taken for all, and only values whose ``p * n`` is within 1e-9 of an integer are
+    re-binned with ``searchsorted``.
+    """
+    x = p * n_bins
+    whole = np.floor(x)
+    index = whole.astype(np.intp)
+    x -= whole  # fractional part in [0, 1)
+    x -= 0.5
+    np.abs(x, out=x)
+    near = np.flatnonzero(x > 0.5 - _EDGE_TOLERANCE)
+    if near.size:
+        index[near] = np.searchsorted(bin_edges(n_bins)[1:-1], p[near], side="left")
+    return index
 
 
 def quantile_edges(p: FloatArray, n_bins: int) -> FloatArray:
@@ -110,7 +133,8 @@ def bin_stats(p: FloatArray, y: FloatArray, n_bins: int, strategy: Strategy = "u
 
 
 def ece_from_bins(stats: BinStats) -> float:
-    return float(np.sum(stats.count * stats.gaps()) / stats.total)
+    # sum_b n_b |acc_b - conf_b| = sum_b |sum y - sum p|: no division, empty bins contribute 0.
+    return float(np.sum(np.abs(stats.sum_correct - stats.sum_confidence)) / stats.total)
 
 
 def mce_from_bins(stats: BinStats) -> float:
@@ -139,6 +163,12 @@ def expected_calibration_error(
 ) -> float:
     """ECE = sum_b (n_b / N) |acc_b - conf_b| over ``(lo, hi]`` bins (0 in the first)."""
     p, y = validate(confidence, correct)
+    if strategy == "uniform":  # hot path: no per-bin counts needed
+        index = bin_index(p, n_bins)
+        gap = np.bincount(index, weights=y, minlength=n_bins) - np.bincount(
+            index, weights=p, minlength=n_bins
+        )
+        return float(np.abs(gap).sum() / p.size)
     return ece_from_bins(bin_stats(p, y, n_bins, strategy))
 
 
