@@ -112,3 +112,38 @@ def test_concurrent_predictions_and_feedback_end_fully_joined(engine: Engine, ro
         "pending": 0,
         "conflicts": 0,
     }
+
+
+def test_parked_feedback_meeting_a_labelled_prediction_is_a_duplicate_or_recorded_conflict(
+    engine: Engine,
+) -> None:
+    # The race once more, but the prediction was labelled directly meanwhile.
+    with engine.begin() as conn:
+        insert_predictions(conn, [row("same"), row("differs")], now=1.0)
+        apply_feedback(
+            conn,
+            [FeedbackItem("qa-bot", "same", True, None), FeedbackItem("qa-bot", "differs", True, None)],
+            now=2.0,
+        )
+        conn.execute(
+            insert(pending_feedback),
+            [
+                {
+                    "model": "qa-bot",
+                    "prediction_id": "same",
+                    "correct": True,
+                    "label": None,
+                    "received_at": 3.0,
+                },
+                {
+                    "model": "qa-bot",
+                    "prediction_id": "differs",
+                    "correct": False,
+                    "label": None,
+                    "received_at": 3.0,
+                },
+            ],
+        )
+    assert PendingReconciler(engine).run_once() == 0  # nothing newly labelled
+    assert stored(engine, "differs").correct is True  # first label kept
+    assert counts(engine) == {"predictions": 2, "labelled": 2, "pending": 0, "conflicts": 1}

@@ -198,19 +198,28 @@ def _group(keys: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
 
 
 def _join_pending(conn: Connection, keys: Iterable[tuple[str, str]]) -> int:
-    """Apply parked feedback to the given (landed) predictions and delete it from the parking table."""
-    matches: list[tuple[int, int, bool | None, str | None, str | None, float]] = []
+    """Apply parked feedback to the given (landed) predictions and delete it from the parking table.
+
+    A prediction labelled meanwhile (possible only in the cross-replica race) keeps its label; the
+    parked feedback is then a duplicate or, if it disagrees, a recorded conflict. Returns the
+    number of predictions labelled.
+    """
+    matches: list[Any] = []
     for model, ids in _group(keys).items():
         for chunk in _chunks(ids):
             query = _for_update(
                 conn,
                 select(
-                    pending_feedback.c.pk,
-                    predictions.c.pk,
+                    pending_feedback.c.pk.label("parked_pk"),
+                    pending_feedback.c.model,
+                    pending_feedback.c.prediction_id,
                     pending_feedback.c.correct,
                     pending_feedback.c.label,
-                    predictions.c.predicted,
                     pending_feedback.c.received_at,
+                    predictions.c.pk.label("prediction_pk"),
+                    predictions.c.predicted,
+                    predictions.c.correct.label("kept_correct"),
+                    predictions.c.label.label("kept_label"),
                 )
                 .join(
                     predictions,
@@ -222,20 +231,54 @@ def _join_pending(conn: Connection, keys: Iterable[tuple[str, str]]) -> int:
                 .where(pending_feedback.c.model == model, pending_feedback.c.prediction_id.in_(chunk)),
                 of=pending_feedback,
             )
-            matches.extend(tuple(r) for r in conn.execute(query))
+            matches.extend(conn.execute(query))
     if not matches:
         return 0
+    fresh = [m for m in matches if m.kept_correct is None and m.kept_label is None]
     _apply_labels(
         conn,
         [
-            (prediction_pk, derive_correct(correct, label, predicted_label), label, received_at)
-            for _, prediction_pk, correct, label, predicted_label, received_at in matches
+            (m.prediction_pk, derive_correct(m.correct, m.label, m.predicted), m.label, m.received_at)
+            for m in fresh
         ],
     )
-    parked = [m[0] for m in matches]
+    conflicts = []
+    for m in matches:
+        if m.kept_correct is None and m.kept_label is None:
+            continue  # labelled just now
+        late = FeedbackItem(m.model, m.prediction_id, m.correct, m.label)
+        if not _same_feedback("prediction", m.predicted, m.kept_correct, m.kept_label, late):
+            conflicts.append(
+                _conflict_row(
+                    m.model, m.prediction_id, m.kept_correct, m.kept_label, m.correct, m.label, m.received_at
+                )
+            )
+    if conflicts:
+        conn.execute(feedback_conflicts.insert(), conflicts)
+    parked = [m.parked_pk for m in matches]
     for start in range(0, len(parked), CHUNK):
         conn.execute(delete(pending_feedback).where(pending_feedback.c.pk.in_(parked[start : start + CHUNK])))
-    return len(matches)
+    return len(fresh)
+
+
+def _conflict_row(
+    model: str,
+    prediction_id: str,
+    kept_correct: bool | None,
+    kept_label: str | None,
+    rejected_correct: bool | None,
+    rejected_label: str | None,
+    received_at: float,
+) -> dict[str, Any]:
+    return {
+        "model": model,
+        "prediction_id": prediction_id,
+        "kept_correct": kept_correct,
+        "kept_label": kept_label,
+        "rejected_correct": rejected_correct,
+        "rejected_label": rejected_label,
+        "received_at": received_at,
+    }
 
 
 # Label updates address rows by primary key (known from the locking SELECT) one statement per row,
@@ -294,15 +337,9 @@ def apply_feedback(conn: Connection, items: Sequence[FeedbackItem], now: float) 
             continue
         statuses.append("conflict")
         conflicts.append(
-            {
-                "model": item.model,
-                "prediction_id": item.prediction_id,
-                "kept_correct": kept_correct,
-                "kept_label": kept_label,
-                "rejected_correct": item.correct,
-                "rejected_label": item.label,
-                "received_at": now,
-            }
+            _conflict_row(
+                item.model, item.prediction_id, kept_correct, kept_label, item.correct, item.label, now
+            )
         )
 
     if label_updates:
@@ -359,15 +396,15 @@ def _park(
             else:
                 statuses[position] = "conflict"
                 conflicts.append(
-                    {
-                        "model": item.model,
-                        "prediction_id": item.prediction_id,
-                        "kept_correct": kept_correct,
-                        "kept_label": kept_label,
-                        "rejected_correct": item.correct,
-                        "rejected_label": item.label,
-                        "received_at": now,
-                    }
+                    _conflict_row(
+                        item.model,
+                        item.prediction_id,
+                        kept_correct,
+                        kept_label,
+                        item.correct,
+                        item.label,
+                        now,
+                    )
                 )
 
 
