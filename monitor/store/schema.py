@@ -16,6 +16,8 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -24,6 +26,9 @@ from sqlalchemy import (
 )
 
 NAME_LENGTH = 256
+# Column names of the sketch moments, in CalibrationSketch.MOMENTS order.
+MOMENT_COLUMNS = ("n", "sum_p", "n_l", "s1", "s2", "s3", "s4", "sy", "syp", "sll")
+UNAGGREGATED = "agg_state = 0 OR (agg_state = 1 AND correct IS NOT NULL)"
 # BIGINT on PostgreSQL, INTEGER on SQLite so that it aliases the rowid and autoincrements.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -54,10 +59,19 @@ predictions = Table(
     Column("correct", Boolean),
     Column("label", String(NAME_LENGTH)),
     Column("labelled_at", Float(precision=53)),
+    # 0: not in the sketch buckets yet; 1: counted as a prediction; 2: its label counted too.
+    Column("agg_state", SmallInteger, nullable=False, server_default=text("0")),
     UniqueConstraint("model", "prediction_id"),
     # Windows and retention walk (model, segment, ts). No index on ts alone: prediction times arrive
     # out of order, so it is a random-insert B-tree that cost 40% of SQLite ingest (measured).
     Index(None, "model", "segment", "ts"),
+    # The aggregation job's work list: rows whose prediction or label is not in the buckets yet.
+    Index(
+        "ix_predictions_unaggregated",
+        "pk",
+        sqlite_where=text(UNAGGREGATED),
+        postgresql_where=text(UNAGGREGATED),
+    ),
 )
 
 # Feedback that arrived before its prediction. Joined (and deleted) when the prediction lands.
@@ -129,4 +143,28 @@ events = Table(
     Column("payload", Text, nullable=False, server_default="{}"),  # JSON
     Index(None, "ts"),
     Index(None, "model", "ts"),
+)
+
+# CalibrationSketch moments per (model, segment, score, bucket of prediction time, fine bin).
+# Late labels add to the bucket of their prediction. Always equal to a recompute from raw rows.
+sketch_bins = Table(
+    "sketch_bins",
+    metadata,
+    Column("model", String(NAME_LENGTH), nullable=False),
+    Column("segment", String(NAME_LENGTH), nullable=False),
+    Column("score", String(16), nullable=False),  # raw | calibrated
+    Column("bucket_start", Float(precision=53), nullable=False),
+    Column("bin", Integer, nullable=False),
+    *(Column(name, Float(precision=53), nullable=False) for name in MOMENT_COLUMNS),
+    PrimaryKeyConstraint("model", "segment", "score", "bucket_start", "bin"),
+    Index(None, "bucket_start"),
+)
+
+# Scheduler leadership: one row per lease name; the holder renews before it expires.
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(128), nullable=False),
+    Column("expires_at", Float(precision=53), nullable=False),
 )

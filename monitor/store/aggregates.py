@@ -1,0 +1,194 @@
+"""Sketch buckets: fold raw predictions and late labels into ``sketch_bins``, and read them back.
+
+Each prediction row carries ``agg_state`` (0: not counted; 1: counted as a prediction; 2: its label
+counted too). ``aggregate_pending`` takes a bounded batch of rows that need work, adds their moments
+to the buckets of their *prediction* time and advances their state, all in the caller's
+transaction: a crash before commit changes nothing, after commit everything — never a double count
+or a loss. On PostgreSQL the batch is locked with SKIP LOCKED, so concurrent runs never take the
+same row and a feedback transaction labelling a row waits for the run that holds it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from sqlalchemy import ColumnElement, Connection, and_, delete, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from monitor.calibration.metrics import bin_index, log_likelihood
+from monitor.calibration.sketch import MOMENTS, CalibrationSketch
+from monitor.store.schema import MOMENT_COLUMNS, predictions, sketch_bins
+
+SCORES = ("raw", "calibrated")
+SeriesKey = tuple[str, str, str]  # (model, segment, score)
+
+
+@dataclass(frozen=True)
+class AggregationRun:
+    rows: int  # prediction rows folded in this run
+    deltas: list[BucketDelta]
+
+
+@dataclass(frozen=True)
+class BucketDelta:
+    """Moments added to one bucket by one aggregation run (also fed to in-memory windows)."""
+
+    model: str
+    segment: str
+    score: str
+    bucket_start: float
+    moments: NDArray[np.float64]  # (len(MOMENTS), fine_bins)
+
+
+def bucket_of(ts: NDArray[np.float64], bucket_seconds: int) -> NDArray[np.float64]:
+    return np.floor(ts / bucket_seconds) * bucket_seconds
+
+
+def _needs_work() -> ColumnElement[bool]:
+    return or_(
+        predictions.c.agg_state == 0, and_(predictions.c.agg_state == 1, predictions.c.correct.is_not(None))
+    )
+
+
+def aggregate_pending(
+    conn: Connection, bucket_seconds: int, fine_bins: int, limit: int = 50_000
+) -> AggregationRun:
+    """Fold up to ``limit`` rows needing work into the buckets; how many, and the deltas applied."""
+    query = (
+        select(
+            predictions.c.pk,
+            predictions.c.model,
+            predictions.c.segment,
+            predictions.c.ts,
+            predictions.c.raw_confidence,
+            predictions.c.calibrated_confidence,
+            predictions.c.correct,
+            predictions.c.agg_state,
+        )
+        .where(_needs_work())
+        .order_by(predictions.c.pk)
+        .limit(limit)
+    )
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    rows = conn.execute(query).all()
+    if not rows:
+        return AggregationRun(0, [])
+    pk = np.fromiter((r.pk for r in rows), dtype=np.int64, count=len(rows))
+    ts = np.fromiter((r.ts for r in rows), dtype=np.float64, count=len(rows))
+    state = np.fromiter((r.agg_state for r in rows), dtype=np.int64, count=len(rows))
+    labelled = np.fromiter((r.correct is not None for r in rows), dtype=bool, count=len(rows))
+    correct = np.fromiter((bool(r.correct) for r in rows), dtype=np.float64, count=len(rows))
+    new_prediction = state == 0
+    new_label = labelled  # state 0 with a label, or state 1 with a label: the label is new either way
+
+    groups: dict[tuple[str, str, float], int] = {}
+    buckets = bucket_of(ts, bucket_seconds)
+    group = np.fromiter(
+        (
+            groups.setdefault((r.model, r.segment, float(b)), len(groups))
+            for r, b in zip(rows, buckets, strict=True)
+        ),
+        dtype=np.int64,
+        count=len(rows),
+    )
+    deltas: list[BucketDelta] = []
+    for score, column in (("raw", "raw_confidence"), ("calibrated", "calibrated_confidence")):
+        p = np.fromiter((getattr(r, column) for r in rows), dtype=np.float64, count=len(rows))
+        moments = _grouped_moments(group, len(groups), fine_bins, p, correct, new_prediction, new_label)
+        for (model, segment, bucket), g in groups.items():
+            deltas.append(BucketDelta(model, segment, score, bucket, moments[g]))
+    _upsert(conn, deltas)
+
+    new_state = np.where(labelled, 2, 1)
+    changed = [(int(s), int(k)) for s, k in zip(new_state, pk, strict=True)]
+    conn.exec_driver_sql(
+        "UPDATE predictions SET agg_state = %s WHERE pk = %s"
+        if conn.dialect.name == "postgresql"
+        else "UPDATE predictions SET agg_state = ? WHERE pk = ?",
+        changed,
+    )
+    return AggregationRun(len(rows), deltas)
+
+
+def _grouped_moments(
+    group: NDArray[np.int64],
+    n_groups: int,
+    fine_bins: int,
+    p: NDArray[np.float64],
+    y: NDArray[np.float64],
+    count_prediction: NDArray[np.bool_],
+    count_label: NDArray[np.bool_],
+) -> NDArray[np.float64]:
+    """(n_groups, len(MOMENTS), fine_bins) moments, vectorised over all rows at once."""
+    key = group * fine_bins + bin_index(p, fine_bins)
+    size = n_groups * fine_bins
+    out = np.zeros((len(MOMENTS), size))
+    pred = count_prediction.astype(np.float64)
+    lab = count_label.astype(np.float64)
+    p2 = p * p
+    out[0] = np.bincount(key, weights=pred, minlength=size)
+    out[1] = np.bincount(key, weights=pred * p, minlength=size)
+    out[2] = np.bincount(key, weights=lab, minlength=size)
+    out[3] = np.bincount(key, weights=lab * p, minlength=size)
+    out[4] = np.bincount(key, weights=lab * p2, minlength=size)
+    out[5] = np.bincount(key, weights=lab * p2 * p, minlength=size)
+    out[6] = np.bincount(key, weights=lab * p2 * p2, minlength=size)
+    out[7] = np.bincount(key, weights=lab * y, minlength=size)
+    out[8] = np.bincount(key, weights=lab * y * p, minlength=size)
+    out[9] = np.bincount(key, weights=lab * log_likelihood(p, y), minlength=size)
+    return out.reshape(len(MOMENTS), n_groups, fine_bins).transpose(1, 0, 2)
+
+
+def _upsert(conn: Connection, deltas: Iterable[BucketDelta]) -> None:
+    params = []
+    for delta in deltas:
+        for b in np.flatnonzero((delta.moments[0] != 0) | (delta.moments[2] != 0)):
+            row = {"model": delta.model, "segment": delta.segment, "score": delta.score,
+                   "bucket_start": delta.bucket_start, "bin": int(b)}  # fmt: skip
+            row.update({name: float(delta.moments[i, b]) for i, name in enumerate(MOMENT_COLUMNS)})
+            params.append(row)
+    if not params:
+        return
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(sketch_bins)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["model", "segment", "score", "bucket_start", "bin"],
+        set_={name: sketch_bins.c[name] + stmt.excluded[name] for name in MOMENT_COLUMNS},
+    )
+    conn.execute(stmt, params)
+
+
+def rebuild(conn: Connection, bucket_seconds: int, fine_bins: int, batch: int = 200_000) -> int:
+    """Recompute every bucket from raw rows (``calmon rebuild-aggregates``); rows folded."""
+    conn.execute(delete(sketch_bins))
+    conn.execute(update(predictions).values(agg_state=0))
+    total = 0
+    while run := aggregate_pending(conn, bucket_seconds, fine_bins, batch).rows:
+        total += run
+    return total
+
+
+def load_sketches(
+    conn: Connection, fine_bins: int, since: float | None = None, until: float | None = None
+) -> dict[SeriesKey, CalibrationSketch]:
+    """Sum the buckets with ``since <= bucket_start < until`` into one sketch per series."""
+    query = select(
+        sketch_bins.c.model,
+        sketch_bins.c.segment,
+        sketch_bins.c.score,
+        sketch_bins.c.bin,
+        *(func.sum(sketch_bins.c[name]) for name in MOMENT_COLUMNS),
+    ).group_by(sketch_bins.c.model, sketch_bins.c.segment, sketch_bins.c.score, sketch_bins.c.bin)
+    if since is not None:
+        query = query.where(sketch_bins.c.bucket_start >= since)
+    if until is not None:
+        query = query.where(sketch_bins.c.bucket_start < until)
+    sketches: dict[SeriesKey, CalibrationSketch] = {}
+    for model, segment, score, b, *values in conn.execute(query):
+        sketch = sketches.setdefault((model, segment, score), CalibrationSketch(fine_bins))
+        sketch.moments[:, b] = values
+    return sketches
