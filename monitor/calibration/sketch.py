@@ -277,7 +277,8 @@ class CalibrationSketch:
         Each draw resamples the bin counts from a multinomial with the observed bin frequencies and
         the correct count of each bin from a binomial with the observed bin accuracy; the bin's mean
         confidence is held at its observed value (the sketch keeps no within-bin spread of p beyond
-        moments). Vectorised over draws: O(n_boot x bins).
+        moments). Vectorised over draws: O(n_boot x bins). The interval is bias-corrected like
+        ``metrics.ece_bootstrap_ci``.
         """
         if not 0.0 < level < 1.0:
             raise ValueError(f"level must lie in (0, 1), got {level}")
@@ -294,9 +295,7 @@ class CalibrationSketch:
         with np.errstate(invalid="ignore", divide="ignore"):
             gaps = np.abs(correct - counts * conf)
         values = gaps.sum(axis=1) / total
-        alpha = (1.0 - level) / 2.0
-        low, high = np.quantile(values, [alpha, 1.0 - alpha])
-        return float(low), float(high)
+        return metrics.bias_corrected_interval(values, metrics.ece_from_bins(stats), level)
 
     def metrics(self, n_bins: int = 15) -> SketchMetrics:
         """All scalar metrics at ``n_bins`` equal-width bins."""

@@ -1,0 +1,1 @@
+"""Rolling calibration windows computed from sketch buckets, and the snapshot every reader shares."""

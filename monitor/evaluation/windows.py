@@ -1,0 +1,145 @@
+"""WindowStats for every (model, segment, window, score), from sketch buckets only.
+
+A window ``W`` evaluated at ``now`` covers the buckets whose start lies in
+``[floor_bucket(now - W), now]``: whole buckets, so up to one bucket longer than ``W``. It is judged
+only on labelled predictions *made* inside it (buckets are keyed by prediction time) and reports how
+many of its predictions are still unlabelled. The reference for distribution shift is the previous
+period of the same length. Segments beyond a model's cap are merged into ``other``; the model-wide
+series has segment ``*``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection
+
+from monitor.calibration.drift import js_distance, psi
+from monitor.calibration.sketch import CalibrationSketch
+from monitor.store.aggregates import SeriesKey, load_sketches
+
+ALL_SEGMENTS = "*"
+OTHER_SEGMENT = "other"
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    name: str
+    seconds: int
+
+
+@dataclass
+class WindowStats:
+    model: str
+    segment: str
+    window: str
+    score: str
+    predictions: int
+    labelled: int
+    missing_labels: int
+    label_coverage: float
+    accuracy: float | None = None
+    mean_confidence: float | None = None
+    ece: float | None = None
+    ece_ci_lower: float | None = None
+    ece_ci_upper: float | None = None
+    mce: float | None = None
+    brier: float | None = None
+    debiased_ce: float | None = None
+    spiegelhalter_z: float | None = None
+    spiegelhalter_p: float | None = None
+    psi: float | None = None
+    js_distance: float | None = None
+    reliability: list[dict[str, Any]] = field(default_factory=list)
+    histogram: list[float] = field(default_factory=list)  # all predictions, ece_bins bins
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _finite(value: float) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def window_stats(
+    key: SeriesKey,
+    window: str,
+    sketch: CalibrationSketch,
+    reference: CalibrationSketch | None,
+    ece_bins: int,
+    n_boot: int = 500,
+) -> WindowStats:
+    model, segment, score = key
+    n, n_l = sketch.predictions, sketch.labelled
+    stats = WindowStats(model, segment, window, score, n, n_l, n - n_l, n_l / n if n else 0.0)
+    stats.histogram = sketch.histogram(ece_bins).tolist()
+    if n and reference is not None and reference.predictions:
+        stats.psi = _finite(psi(reference.histogram(ece_bins), sketch.histogram(ece_bins)))
+        stats.js_distance = _finite(js_distance(reference.histogram(ece_bins), sketch.histogram(ece_bins)))
+    if n_l == 0:
+        return stats
+    metrics = sketch.metrics(ece_bins)
+    low, high = sketch.ece_bootstrap_ci(ece_bins, n_boot=n_boot, seed=0)
+    stats.accuracy = metrics.accuracy
+    stats.mean_confidence = metrics.mean_confidence
+    stats.ece, stats.ece_ci_lower, stats.ece_ci_upper = metrics.ece, low, high
+    stats.mce = metrics.mce
+    stats.brier = metrics.brier
+    stats.debiased_ce = metrics.debiased_ce
+    stats.spiegelhalter_z = _finite(metrics.spiegelhalter_z)
+    stats.spiegelhalter_p = _finite(metrics.spiegelhalter_p)
+    stats.reliability = sketch.reliability_table(ece_bins).rows()
+    return stats
+
+
+def cap_segments(
+    sketches: dict[SeriesKey, CalibrationSketch], max_segments: dict[str, int], default_cap: int
+) -> dict[SeriesKey, CalibrationSketch]:
+    """Keep each model's busiest segments (by predictions); merge the rest into ``other``; add ``*``."""
+    by_model: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for (model, segment, _), sketch in sketches.items():
+        by_model[model][segment] += sketch.predictions
+    keep: dict[str, set[str]] = {}
+    for model, sizes in by_model.items():
+        cap = max_segments.get(model, default_cap)
+        ranked = sorted(sizes, key=lambda s: (-sizes[s], s))
+        keep[model] = set(ranked[:cap]) if len(ranked) > cap else set(ranked)
+    out: dict[SeriesKey, CalibrationSketch] = {}
+    for (model, segment, score), sketch in sketches.items():
+        name = segment if segment in keep[model] else OTHER_SEGMENT
+        for target in (name, ALL_SEGMENTS):
+            key = (model, target, score)
+            out[key] = (
+                out[key].merge(sketch)
+                if key in out
+                else CalibrationSketch(sketch.fine_bins, sketch.moments.copy())
+            )
+    return out
+
+
+def evaluate(
+    conn: Connection,
+    windows: list[WindowSpec],
+    now: float,
+    bucket_seconds: int,
+    fine_bins: int,
+    ece_bins: int,
+    max_segments: dict[str, int] | None = None,
+    default_cap: int = 50,
+    n_boot: int = 500,
+) -> list[WindowStats]:
+    """WindowStats for every series and window, read from the buckets in one snapshot."""
+    results: list[WindowStats] = []
+    caps = max_segments or {}
+    for spec in windows:
+        since = math.floor((now - spec.seconds) / bucket_seconds) * bucket_seconds
+        current = cap_segments(load_sketches(conn, fine_bins, since=since), caps, default_cap)
+        previous = cap_segments(
+            load_sketches(conn, fine_bins, since=since - spec.seconds, until=since), caps, default_cap
+        )
+        for key in sorted(current):
+            results.append(window_stats(key, spec.name, current[key], previous.get(key), ece_bins, n_boot))
+    return results

@@ -1,0 +1,91 @@
+"""Window metrics from buckets equal the calibration core applied to the raw rows of the window."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sqlalchemy import Engine
+
+from monitor.calibration import metrics as m
+from monitor.calibration.drift import psi
+from monitor.evaluation.windows import ALL_SEGMENTS, OTHER_SEGMENT, WindowSpec, evaluate
+from monitor.store.aggregates import aggregate_pending
+from monitor.store.ingest import apply_feedback, insert_predictions
+from monitor.store.records import FeedbackItem, PredictionRow
+
+BUCKET, FINE, BINS = 300, 120, 15
+NOW = 1_800_000_000.0  # a multiple of the bucket width: window starts fall on bucket starts
+HOUR, DAY = 3600, 86400
+EDGES = np.linspace(0, 1, FINE + 1)
+
+
+def off_edge(rng: np.random.Generator, n: int) -> np.ndarray:
+    p = rng.random(n)
+    near = np.min(np.abs(p[:, None] - EDGES[None, :]), axis=1) < 1e-9
+    p[near] += 1e-6
+    return p
+
+
+@pytest.fixture
+def world(engine: Engine) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(42)
+    n = 3000
+    ts = NOW - rng.random(n) * 2 * DAY  # two days: the 24h window and its reference period
+    raw = off_edge(rng, n)
+    calibrated = np.clip(raw**1.4, 0, 1)
+    calibrated = off_edge(np.random.default_rng(1), n) * 0 + calibrated
+    segment = rng.choice(["a", "b", "c"], n)
+    truth = rng.random(n) < raw**1.5  # overconfident model
+    labelled = rng.random(n) < 0.8
+    rows = [PredictionRow("clf", f"p{i}", str(segment[i]), float(ts[i]), "confidence", float(raw[i]), None, None,
+                          float(calibrated[i]), "1") for i in range(n)]  # fmt: skip
+    with engine.begin() as conn:
+        insert_predictions(conn, rows[: n // 2], now=NOW)
+        apply_feedback(conn, [FeedbackItem("clf", f"p{i}", bool(truth[i]), None) for i in range(n) if labelled[i]], NOW)
+        aggregate_pending(conn, BUCKET, FINE)  # part of the labels arrive before their predictions
+        insert_predictions(conn, rows[n // 2 :], now=NOW)
+        while aggregate_pending(conn, BUCKET, FINE, limit=700).rows:
+            pass
+    return {"ts": ts, "raw": raw, "calibrated": calibrated, "segment": segment, "truth": truth, "labelled": labelled}
+
+
+def test_window_metrics_equal_core_metrics_on_raw_rows(engine: Engine, world: dict[str, np.ndarray]) -> None:
+    with engine.connect() as conn:
+        stats = evaluate(conn, [WindowSpec("1h", HOUR), WindowSpec("24h", DAY)], NOW, BUCKET, FINE, BINS)
+    found = {(s.segment, s.window, s.score): s for s in stats}
+    for window, seconds in (("1h", HOUR), ("24h", DAY)):
+        inside = world["ts"] >= NOW - seconds
+        before = (world["ts"] >= NOW - 2 * seconds) & ~inside
+        for segment in ("a", "b", ALL_SEGMENTS):
+            chosen = inside & ((world["segment"] == segment) if segment != ALL_SEGMENTS else True)
+            for score in ("raw", "calibrated"):
+                s = found[(segment, window, score)]
+                p_all = world[score][chosen]
+                lab = world["labelled"][chosen]
+                p, y = p_all[lab], world["truth"][chosen][lab].astype(float)
+                assert (s.predictions, s.labelled, s.missing_labels) == (chosen.sum(), lab.sum(), (~lab).sum())
+                assert s.label_coverage == pytest.approx(lab.mean())
+                assert s.ece == pytest.approx(m.expected_calibration_error(p, y, BINS), abs=1e-9)
+                assert s.mce == pytest.approx(m.maximum_calibration_error(p, y, BINS), abs=1e-9)
+                assert s.brier == pytest.approx(m.brier_score(p, y), abs=1e-9)
+                assert s.debiased_ce == pytest.approx(m.debiased_calibration_error(p, y, BINS), abs=1e-9)
+                assert s.accuracy == pytest.approx(y.mean()) and s.mean_confidence == pytest.approx(p.mean())
+                z, pv = m.spiegelhalter_z(p, y)
+                assert s.spiegelhalter_z == pytest.approx(z, rel=1e-7) and s.spiegelhalter_p == pytest.approx(pv, abs=1e-9)
+                assert s.ece_ci_lower <= s.ece <= s.ece_ci_upper
+                table = m.reliability_table(p, y, BINS)
+                assert [r["count"] for r in s.reliability] == table.count.astype(int).tolist()
+                reference = world[score][before & ((world["segment"] == segment) if segment != ALL_SEGMENTS else True)]
+                hist = lambda v: np.bincount(m.bin_index(v, BINS), minlength=BINS)  # noqa: E731
+                assert s.histogram == hist(p_all).tolist()
+                assert s.psi == pytest.approx(psi(hist(reference), hist(p_all)), rel=1e-9)
+
+
+def test_segments_are_capped_into_other(engine: Engine, world: dict[str, np.ndarray]) -> None:
+    with engine.connect() as conn:
+        stats = evaluate(conn, [WindowSpec("24h", DAY)], NOW, BUCKET, FINE, BINS, max_segments={"clf": 1})
+    segments = {s.segment for s in stats}
+    assert segments == {ALL_SEGMENTS, OTHER_SEGMENT, max(segments - {ALL_SEGMENTS, OTHER_SEGMENT})}
+    total = next(s for s in stats if s.segment == ALL_SEGMENTS and s.score == "raw")
+    parts = [s for s in stats if s.segment != ALL_SEGMENTS and s.score == "raw"]
+    assert sum(s.predictions for s in parts) == total.predictions
