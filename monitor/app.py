@@ -1,6 +1,6 @@
-"""Wires one daemon together: settings -> engine -> migrations -> API -> uvicorn.
+"""Wires one daemon together: settings -> engine -> migrations -> API + scheduler + exporter -> uvicorn.
 
-The scheduler and the exporter join here in later issues; nothing imports this but the CLI.
+Nothing imports this but the CLI (and tests that start a daemon in-process).
 """
 
 from __future__ import annotations
@@ -10,16 +10,21 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import uvicorn
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 
 from monitor.collector.api import create_app
 from monitor.config import Settings, mask_url
+from monitor.evaluation.snapshot import SnapshotHolder
+from monitor.exporter import BinnedCounters, SnapshotCollector
+from monitor.scheduler import Scheduler
 from monitor.store.engine import create_store_engine
-from monitor.store.ingest import reconcile_pending
 from monitor.store.migrate import upgrade
+from monitor.telemetry import ServiceMetrics
 
 log = logging.getLogger("calmon.app")
 
@@ -41,56 +46,38 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-class PendingReconciler:
-    """Periodically joins parked feedback whose prediction landed concurrently on another replica.
-
-    Runs in a background thread until ``stop``; failures are logged and retried next round. (The
-    scheduler issue moves this into the leader's job set.)
-    """
-
-    def __init__(self, engine: Engine, interval_seconds: float = 30.0):
-        self._engine = engine
-        self._interval = interval_seconds
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="calmon-reconcile", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def run_once(self) -> int:
-        with self._engine.begin() as conn:
-            return reconcile_pending(conn)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                joined = self.run_once()
-                if joined:
-                    log.info("joined parked feedback", extra={"joined": joined})
-            except Exception:
-                log.exception("pending-feedback reconciliation failed; retrying next round")
+@dataclass
+class Daemon:
+    engine: Engine
+    app: FastAPI
+    scheduler: Scheduler
+    registry: CollectorRegistry
 
 
-def build(settings: Settings) -> tuple[Engine, FastAPI]:
-    """Migrated engine and the application serving it."""
+def build(settings: Settings) -> Daemon:
+    """Migrated engine, the API, the scheduler and the exporter, sharing one registry and snapshot."""
     engine = create_store_engine(settings.url(), settings.database)
     upgrade(engine)
-    return engine, create_app(settings, engine)
+    registry = CollectorRegistry()
+    metrics = ServiceMetrics(registry)
+    holder = SnapshotHolder()
+    caps = {m: c.max_segments for m, c in settings.models.items() if c.max_segments}
+    binned = BinnedCounters(settings.evaluation.ece_bins, caps, settings.evaluation.max_segments)
+    registry.register(SnapshotCollector(holder, binned))
+    scheduler = Scheduler(engine, settings, holder, metrics, binned)
+    app = create_app(settings, engine, registry=registry, metrics=metrics, snapshots=holder)
+    return Daemon(engine, app, scheduler, registry)
 
 
 def serve(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM; uvicorn stops accepting, drains in-flight requests, then returns."""
-    engine, app = build(settings)
+    daemon = build(settings)
     log.info(
         "calmon starting",
         extra={"host": settings.host, "port": settings.port, "database": mask_url(settings.url())},
     )
     config = uvicorn.Config(
-        app,
+        daemon.app,
         host=settings.host,
         port=settings.port,
         log_config=None,  # our logging configuration stays in charge
@@ -98,11 +85,12 @@ def serve(settings: Settings) -> None:
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
         server_header=False,
     )
-    reconciler = PendingReconciler(engine)
-    reconciler.start()
+    if settings.scheduler.enabled:
+        daemon.scheduler.start()
     try:
         _Server(config).run()
     finally:
-        reconciler.stop()
-        engine.dispose()
+        if settings.scheduler.enabled:
+            daemon.scheduler.shutdown()
+        daemon.engine.dispose()
         log.info("calmon stopped")

@@ -1,4 +1,4 @@
-"""``calmon`` command line: serve, check-config, db upgrade/current."""
+"""``calmon`` command line: serve, check-config, db upgrade/current, rebuild-aggregates."""
 
 from __future__ import annotations
 
@@ -27,6 +27,9 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate and print the effective config, secrets masked")
     check.add_argument("--database-url")
+
+    rebuild = sub.add_parser("rebuild-aggregates", help="recompute every sketch bucket from raw rows")
+    rebuild.add_argument("--database-url")
 
     db = sub.add_parser("db", help="schema migrations")
     db.add_argument("action", choices=["upgrade", "current"])
@@ -66,6 +69,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.action == "upgrade":
                 upgrade(engine)
             print(f"schema revision: {current_revision(engine)} (head: {head_revision()})")
+        finally:
+            engine.dispose()
+        return 0
+    if args.command == "rebuild-aggregates":
+        from monitor.store.aggregates import rebuild
+        from monitor.store.engine import create_store_engine
+        from monitor.store.migrate import upgrade
+
+        engine = create_store_engine(settings.url(), settings.database)
+        try:
+            upgrade(engine)
+            with engine.begin() as conn:
+                rows = rebuild(conn, settings.evaluation.bucket_seconds, settings.evaluation.fine_bins)
+            print(f"rebuilt sketch buckets from {rows} prediction rows")
         finally:
             engine.dispose()
         return 0

@@ -43,6 +43,8 @@ class _Section(BaseModel):
 
 class EvaluationConfig(_Section):
     interval_seconds: float = Field(60.0, gt=0)
+    max_segments: int = Field(50, ge=1)  # per model, unless models.<m>.max_segments; overflow -> "other"
+    bootstrap_draws: int = Field(500, ge=50)
     windows: list[str] = Field(default_factory=lambda: ["1h", "24h", "7d"], min_length=1)
     bucket_seconds: int = Field(300, gt=0)
     fine_bins: int = Field(120, ge=2, le=10_000)
@@ -147,6 +149,18 @@ class NotificationConfig(_Section):
 class RetentionConfig(_Section):
     raw_days: float = Field(30, gt=0)
     sketch_days: float = Field(400, gt=0)
+    interval_seconds: float = Field(3600.0, gt=0)
+    batch_rows: int = Field(10_000, ge=100)
+
+
+class SchedulerConfig(_Section):
+    """Leader election: one replica runs the jobs; the lease moves within ``lease_ttl_seconds``."""
+
+    enabled: bool = True
+    lease_ttl_seconds: float = Field(15.0, gt=0)
+    instance_id: str | None = None  # default: hostname:pid
+    reconcile_interval_seconds: float = Field(30.0, gt=0)
+    misfire_grace_seconds: float = Field(30.0, gt=0)
 
 
 class LimitsConfig(_Section):
@@ -195,6 +209,7 @@ class Settings(BaseSettings):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     notifications: list[NotificationConfig] = Field(default_factory=list)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 

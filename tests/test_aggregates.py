@@ -47,7 +47,9 @@ def direct(engine: Engine) -> dict[tuple[str, str, str, float], CalibrationSketc
 WORLD = [(f"p{i}", f"s{i % 2}", 1000.0 + 170.0 * i, round(0.03 + 0.097 * i, 4)) for i in range(10)]
 op = st.one_of(
     st.tuples(st.just("predict"), st.lists(st.integers(0, 9), min_size=1, max_size=4)),
-    st.tuples(st.just("feedback"), st.lists(st.tuples(st.integers(0, 11), st.booleans()), min_size=1, max_size=4)),
+    st.tuples(
+        st.just("feedback"), st.lists(st.tuples(st.integers(0, 11), st.booleans()), min_size=1, max_size=4)
+    ),
     st.tuples(st.just("aggregate"), st.integers(1, 6)),
 )
 
@@ -88,7 +90,9 @@ def test_windows_sum_buckets_by_prediction_time(engine: Engine) -> None:
             for i in range(6)]  # fmt: skip
     with engine.begin() as conn:
         insert_predictions(conn, rows, now=9000.0)
-        apply_feedback(conn, [FeedbackItem("m", "p1", True, None), FeedbackItem("m", "p4", False, None)], now=9001.0)
+        apply_feedback(
+            conn, [FeedbackItem("m", "p1", True, None), FeedbackItem("m", "p4", False, None)], now=9001.0
+        )
         assert aggregate_pending(conn, BUCKET, FINE).rows == 6
         assert aggregate_pending(conn, BUCKET, FINE).rows == 0  # nothing left: no double count
         # a late label lands in the bucket of its prediction (ts 3000), not of its arrival

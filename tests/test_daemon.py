@@ -31,7 +31,7 @@ def test_serve_migrates_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> N
     finally:
         code = daemon.stop()
     assert code == 0
-    log = daemon.log()
+    log = daemon.log(tail=None)
     assert '"msg":"calmon starting"' in log and '"msg":"calmon stopped"' in log
     engine = create_store_engine(f"sqlite:///{tmp_path / 'c.db'}")
     with engine.connect() as conn:

@@ -33,20 +33,31 @@ def world(engine: Engine) -> dict[str, np.ndarray]:
     ts = NOW - rng.random(n) * 2 * DAY  # two days: the 24h window and its reference period
     raw = off_edge(rng, n)
     calibrated = np.clip(raw**1.4, 0, 1)
-    calibrated = off_edge(np.random.default_rng(1), n) * 0 + calibrated
     segment = rng.choice(["a", "b", "c"], n)
     truth = rng.random(n) < raw**1.5  # overconfident model
     labelled = rng.random(n) < 0.8
-    rows = [PredictionRow("clf", f"p{i}", str(segment[i]), float(ts[i]), "confidence", float(raw[i]), None, None,
-                          float(calibrated[i]), "1") for i in range(n)]  # fmt: skip
+    rows = [
+        PredictionRow("clf", f"p{i}", str(segment[i]), float(ts[i]), "confidence", float(raw[i]), None, None,
+                      float(calibrated[i]), "1")
+        for i in range(n)
+    ]  # fmt: skip
     with engine.begin() as conn:
         insert_predictions(conn, rows[: n // 2], now=NOW)
-        apply_feedback(conn, [FeedbackItem("clf", f"p{i}", bool(truth[i]), None) for i in range(n) if labelled[i]], NOW)
+        apply_feedback(
+            conn, [FeedbackItem("clf", f"p{i}", bool(truth[i]), None) for i in range(n) if labelled[i]], NOW
+        )
         aggregate_pending(conn, BUCKET, FINE)  # part of the labels arrive before their predictions
         insert_predictions(conn, rows[n // 2 :], now=NOW)
         while aggregate_pending(conn, BUCKET, FINE, limit=700).rows:
             pass
-    return {"ts": ts, "raw": raw, "calibrated": calibrated, "segment": segment, "truth": truth, "labelled": labelled}
+    return {
+        "ts": ts,
+        "raw": raw,
+        "calibrated": calibrated,
+        "segment": segment,
+        "truth": truth,
+        "labelled": labelled,
+    }
 
 
 def test_window_metrics_equal_core_metrics_on_raw_rows(engine: Engine, world: dict[str, np.ndarray]) -> None:
@@ -63,7 +74,11 @@ def test_window_metrics_equal_core_metrics_on_raw_rows(engine: Engine, world: di
                 p_all = world[score][chosen]
                 lab = world["labelled"][chosen]
                 p, y = p_all[lab], world["truth"][chosen][lab].astype(float)
-                assert (s.predictions, s.labelled, s.missing_labels) == (chosen.sum(), lab.sum(), (~lab).sum())
+                assert (s.predictions, s.labelled, s.missing_labels) == (
+                    chosen.sum(),
+                    lab.sum(),
+                    (~lab).sum(),
+                )
                 assert s.label_coverage == pytest.approx(lab.mean())
                 assert s.ece == pytest.approx(m.expected_calibration_error(p, y, BINS), abs=1e-9)
                 assert s.mce == pytest.approx(m.maximum_calibration_error(p, y, BINS), abs=1e-9)
@@ -71,11 +86,15 @@ def test_window_metrics_equal_core_metrics_on_raw_rows(engine: Engine, world: di
                 assert s.debiased_ce == pytest.approx(m.debiased_calibration_error(p, y, BINS), abs=1e-9)
                 assert s.accuracy == pytest.approx(y.mean()) and s.mean_confidence == pytest.approx(p.mean())
                 z, pv = m.spiegelhalter_z(p, y)
-                assert s.spiegelhalter_z == pytest.approx(z, rel=1e-7) and s.spiegelhalter_p == pytest.approx(pv, abs=1e-9)
+                assert s.spiegelhalter_z == pytest.approx(z, rel=1e-7) and s.spiegelhalter_p == pytest.approx(
+                    pv, abs=1e-9
+                )
                 assert s.ece_ci_lower <= s.ece <= s.ece_ci_upper
                 table = m.reliability_table(p, y, BINS)
                 assert [r["count"] for r in s.reliability] == table.count.astype(int).tolist()
-                reference = world[score][before & ((world["segment"] == segment) if segment != ALL_SEGMENTS else True)]
+                reference = world[score][
+                    before & ((world["segment"] == segment) if segment != ALL_SEGMENTS else True)
+                ]
                 hist = lambda v: np.bincount(m.bin_index(v, BINS), minlength=BINS)  # noqa: E731
                 assert s.histogram == hist(p_all).tolist()
                 assert s.psi == pytest.approx(psi(hist(reference), hist(p_all)), rel=1e-9)

@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, insert
 
-from monitor.app import PendingReconciler
 from monitor.store.ingest import apply_feedback, insert_predictions, reconcile_pending
 from monitor.store.records import FeedbackItem, PredictionRow
 from monitor.store.schema import pending_feedback, predictions
@@ -66,7 +65,8 @@ def test_reconcile_joins_feedback_parked_while_its_prediction_landed(engine: Eng
                 },
             ],
         )
-    assert PendingReconciler(engine).run_once() == 2
+    with engine.begin() as conn:
+        assert reconcile_pending(conn) == 2
     assert stored(engine, "a").correct is False and stored(engine, "a").labelled_at == 2.0
     assert stored(engine, "b").correct is True
     assert counts(engine)["pending"] == 1  # the one whose prediction never came stays parked
@@ -144,6 +144,7 @@ def test_parked_feedback_meeting_a_labelled_prediction_is_a_duplicate_or_recorde
                 },
             ],
         )
-    assert PendingReconciler(engine).run_once() == 0  # nothing newly labelled
+    with engine.begin() as conn:
+        assert reconcile_pending(conn) == 0  # nothing newly labelled
     assert stored(engine, "differs").correct is True  # first label kept
     assert counts(engine) == {"predictions": 2, "labelled": 2, "pending": 0, "conflicts": 1}

@@ -12,6 +12,7 @@ import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -32,11 +33,14 @@ from monitor.collector.schemas import (
 from monitor.collector.serving import IdentityScorer, Scorer
 from monitor.collector.validation import BatchError, parse_body, prepare_feedback, prepare_predictions
 from monitor.config import Scope, Settings
+from monitor.evaluation.snapshot import SnapshotHolder
+from monitor.evaluation.windows import WindowStats
 from monitor.store.engine import READ_ONLY
 from monitor.store.ingest import apply_feedback, insert_predictions
 from monitor.store.migrate import current_revision, head_revision
 from monitor.store.queries import ModelCounts, active_calibrators, model_counts
 from monitor.store.records import PredictionRow
+from monitor.telemetry import ServiceMetrics
 
 log = logging.getLogger("calmon.collector")
 STORE_DOWN = (OperationalError, InterfaceError, PoolTimeoutError)
@@ -82,11 +86,21 @@ def create_app(
     engine: Engine,
     scorer: Scorer | None = None,
     clock: Callable[[], float] = time.time,
+    registry: CollectorRegistry | None = None,
+    metrics: ServiceMetrics | None = None,
+    snapshots: SnapshotHolder | None = None,
 ) -> FastAPI:
-    """Assemble the API over an engine whose schema is already migrated."""
+    """Assemble the API over an engine whose schema is already migrated.
+
+    ``registry``/``metrics``/``snapshots`` are shared with the scheduler and exporter by the daemon;
+    when omitted (tests) the app gets fresh ones of its own.
+    """
     auth = Authenticator(settings.auth)
     scorer = scorer or IdentityScorer()
     limits = settings.limits
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = metrics if metrics is not None else ServiceMetrics(registry)
+    snapshots = snapshots if snapshots is not None else SnapshotHolder()
 
     def aggregation_for(model: str) -> Aggregation:
         return settings.model_config_for(model).token_aggregation
@@ -99,6 +113,18 @@ def create_app(
     )
     app.state.settings = settings
     app.state.engine = engine
+    app.state.snapshots = snapshots
+
+    @app.middleware("http")
+    async def _timing(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.request_duration.labels(request.method, path, str(response.status_code)).observe(
+            time.perf_counter() - started
+        )
+        return response
 
     def require(scope: Scope) -> Callable[[Request], Awaitable[None]]:
         async def dependency(request: Request) -> None:
@@ -113,7 +139,15 @@ def create_app(
 
     @app.exception_handler(BatchError)
     async def _batch_error(request: Request, exc: BatchError) -> Response:
+        if exc.rejected:
+            _count_rejections(exc.rejected)
+        else:
+            metrics.rejected.labels(exc.field).inc()
         return _error(exc.status, exc.message, exc.field, exc.rejected)
+
+    def _count_rejections(rejected: list[Rejection]) -> None:
+        for rejection in rejected:
+            metrics.rejected.labels(rejection.field.split("[", 1)[0]).inc()
 
     @app.exception_handler(RequestValidationError)
     async def _request_error(request: Request, exc: RequestValidationError) -> Response:
@@ -179,6 +213,13 @@ def create_app(
         ]
         with engine.begin() as conn:
             outcome = insert_predictions(conn, rows, now)
+        accepted: dict[str, int] = defaultdict(int)
+        for item, result in zip(scored, outcome.results, strict=True):
+            if not result.duplicate:
+                accepted[item.model] += 1
+        for model, count in accepted.items():
+            metrics.predictions.labels(model).inc(count)
+        _count_rejections(rejected)
         results = [
             {
                 "index": item.position,
@@ -224,6 +265,10 @@ def create_app(
             )
         with engine.begin() as conn:
             outcome = apply_feedback(conn, [item for _, item in prepared], clock())
+        for status in ("matched", "pending", "duplicate", "conflict"):
+            if count := outcome.count(status):
+                metrics.feedback.labels(status).inc(count)
+        _count_rejections(rejected)
         return JSONResponse(
             {
                 "matched": outcome.count("matched"),
@@ -253,8 +298,43 @@ def create_app(
                 return _error(404, f"unknown model {model!r}", "model")
             summary = _model_summary(counts)
             summary["calibrators"] = active_calibrators(conn, model)
-        summary["windows"] = []
+        snapshot = snapshots.get()
+        summary["evaluated_at"] = snapshot.created_at if snapshot else None
+        summary["windows"] = [_window_summary(s) for s in snapshot.for_model(model)] if snapshot else []
         return JSONResponse(summary)
+
+    @app.get(
+        "/v1/models/{model}/reliability",
+        dependencies=[Depends(require("read"))],
+        responses={404: {"model": ErrorResponse}},
+        summary="The reliability table of one window of one model (from the latest evaluation)",
+    )
+    def get_reliability(
+        model: str, segment: str = "*", window: str | None = None, score: str = "calibrated"
+    ) -> Response:
+        if score not in ("raw", "calibrated"):
+            return _error(422, "score must be 'raw' or 'calibrated'", "score")
+        window = window or settings.evaluation.windows[0]
+        if window not in settings.evaluation.windows:
+            return _error(422, f"window must be one of {settings.evaluation.windows}", "window")
+        snapshot = snapshots.get()
+        if snapshot is None:
+            return _error(
+                404, "no evaluation has run yet; retry after the first evaluation interval", "model"
+            )
+        stats = snapshot.find(model, segment, window, score)
+        if stats is None:
+            return _error(
+                404, f"no data for model {model!r}, segment {segment!r} in window {window}", "model"
+            )
+        return JSONResponse({**_window_summary(stats), "evaluated_at": snapshot.created_at,
+                             "bins": stats.reliability, "histogram": stats.histogram})  # fmt: skip
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics(request: Request) -> Response:
+        if settings.auth.protect_metrics:
+            auth.authorize(request.headers.get("authorization"), "read")
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", summary="The process is up")
     def healthz() -> Response:
@@ -275,6 +355,13 @@ def create_app(
 
     _document_bodies(app, {"/v1/predictions": PredictionBatch, "/v1/feedback": FeedbackBatch})
     return app
+
+
+def _window_summary(stats: WindowStats) -> dict[str, Any]:
+    data = stats.as_dict()
+    data.pop("reliability")
+    data.pop("histogram")
+    return data
 
 
 def _model_summary(counts: ModelCounts) -> dict[str, Any]:

@@ -168,3 +168,12 @@ leases = Table(
     Column("holder", String(128), nullable=False),
     Column("expires_at", Float(precision=53), nullable=False),
 )
+
+# The leader's latest evaluation, so every replica serves the same numbers without recomputing.
+snapshots = Table(
+    "snapshots",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("created_at", Float(precision=53), nullable=False),
+    Column("body", Text, nullable=False),  # JSON
+)

@@ -58,9 +58,10 @@ class Daemon:
             time.sleep(0.05)
         raise TimeoutError(f"calmon not healthy after {timeout}s: {self.log()}")
 
-    def log(self) -> str:
+    def log(self, tail: int | None = 4000) -> str:
         if self.log_path and self.log_path.exists():
-            return self.log_path.read_text(errors="replace")[-4000:]
+            text = self.log_path.read_text(errors="replace")
+            return text if tail is None else text[-tail:]
         return ""
 
     def stop(self, timeout: float = 30.0) -> int:

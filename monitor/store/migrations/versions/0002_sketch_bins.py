@@ -1,4 +1,4 @@
-"""Sketch buckets, the aggregation state of predictions, scheduler leases.
+"""Sketch buckets, the aggregation state of predictions, scheduler leases, evaluation snapshots.
 
 Revision ID: 0002
 Revises: 0001
@@ -48,9 +48,17 @@ def upgrade() -> None:
         sa.Column("expires_at", Time, nullable=False),
         sa.PrimaryKeyConstraint("name", name="pk_leases"),
     )
+    op.create_table(
+        "snapshots",
+        sa.Column("name", sa.String(64), nullable=False),
+        sa.Column("created_at", Time, nullable=False),
+        sa.Column("body", sa.Text, nullable=False),
+        sa.PrimaryKeyConstraint("name", name="pk_snapshots"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("snapshots")
     op.drop_table("leases")
     op.drop_table("sketch_bins")
     op.drop_index("ix_predictions_unaggregated", table_name="predictions")

@@ -1,0 +1,180 @@
+"""Prometheus exposition: live service counters plus a custom collector over the latest snapshot.
+
+Nothing here queries the database: a scrape renders the snapshot the scheduler computed and the
+counters the request handlers and jobs incremented. The registry is passed in (no global state).
+
+Gauges from the snapshot carry ``model, segment, window, score``. The mergeable per-bin counters
+(``calmon_binned_*_total``, labels ``model, segment, score, bin``) count *labelled* predictions as
+their labels are folded into the sketch buckets; PromQL alone turns them into an ECE over any range
+and across replicas:
+
+    sum by (model) (abs(sum by (model, bin) (increase(calmon_binned_correct_total[1h]))
+                      - sum by (model, bin) (increase(calmon_binned_confidence_sum_total[1h]))))
+      / sum by (model) (increase(calmon_binned_predictions_total[1h]))
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Iterator
+
+import numpy as np
+from prometheus_client.core import CounterMetricFamily, GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from monitor.evaluation.snapshot import SnapshotHolder
+from monitor.evaluation.windows import OTHER_SEGMENT, WindowStats
+from monitor.store.aggregates import BucketDelta
+
+WINDOW_LABELS = ("model", "segment", "window", "score")
+
+
+class BinnedCounters:
+    """Per (model, segment, score, bin) running sums of labelled count, confidence and correct.
+
+    Fed by the aggregation job with the label moments it folds in (coarsened to ``ece_bins``).
+    Segments beyond a model's cap are counted as ``other`` so label cardinality stays bounded.
+    """
+
+    def __init__(self, ece_bins: int, max_segments: dict[str, int], default_cap: int):
+        self.ece_bins = ece_bins
+        self._caps = max_segments
+        self._default_cap = default_cap
+        self._lock = threading.Lock()
+        self._segments: dict[str, set[str]] = defaultdict(set)
+        self._sums: dict[tuple[str, str, str], np.ndarray] = {}
+
+    def _segment(self, model: str, segment: str) -> str:
+        seen = self._segments[model]
+        if segment in seen:
+            return segment
+        if len(seen) < self._caps.get(model, self._default_cap):
+            seen.add(segment)
+            return segment
+        return OTHER_SEGMENT
+
+    def add(self, deltas: list[BucketDelta]) -> None:
+        with self._lock:
+            for delta in deltas:
+                fine = delta.moments.shape[1]
+                if fine % self.ece_bins:
+                    raise ValueError(f"ece_bins {self.ece_bins} must divide fine bins {fine}")
+                coarse = delta.moments[[2, 3, 7]].reshape(3, self.ece_bins, fine // self.ece_bins).sum(axis=2)
+                if not coarse[0].any():
+                    continue
+                key = (delta.model, self._segment(delta.model, delta.segment), delta.score)
+                if key in self._sums:
+                    self._sums[key] += coarse
+                else:
+                    self._sums[key] = coarse.copy()
+
+    def items(self) -> list[tuple[tuple[str, str, str], np.ndarray]]:
+        with self._lock:
+            return [(key, value.copy()) for key, value in self._sums.items()]
+
+
+def _gauge(name: str, documentation: str, labels: tuple[str, ...] = WINDOW_LABELS) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, labels=list(labels))
+
+
+class SnapshotCollector(Collector):
+    """Renders the latest snapshot and the binned counters on every scrape (no I/O)."""
+
+    def __init__(self, holder: SnapshotHolder, binned: BinnedCounters):
+        self._holder = holder
+        self._binned = binned
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self._holder.get()
+        stats: list[WindowStats] = snapshot.stats if snapshot is not None else []
+        scalar = {
+            "calmon_expected_calibration_error": ("Expected calibration error (equal-width bins)", "ece"),
+            "calmon_expected_calibration_error_ci_lower": (
+                "Lower bound of the ECE bootstrap CI",
+                "ece_ci_lower",
+            ),
+            "calmon_expected_calibration_error_ci_upper": (
+                "Upper bound of the ECE bootstrap CI",
+                "ece_ci_upper",
+            ),
+            "calmon_maximum_calibration_error": ("Maximum calibration error over bins", "mce"),
+            "calmon_brier_score": ("Brier score of the confidence", "brier"),
+            "calmon_accuracy_ratio": ("Share of labelled predictions that were correct", "accuracy"),
+            "calmon_mean_confidence": ("Mean confidence of labelled predictions", "mean_confidence"),
+            "calmon_debiased_calibration_error": (
+                "Debiased L2 calibration error (Kumar et al.)",
+                "debiased_ce",
+            ),
+            "calmon_calibration_z_score": ("Spiegelhalter Z of calibration", "spiegelhalter_z"),
+            "calmon_confidence_psi": ("PSI of the confidence distribution vs the previous period", "psi"),
+            "calmon_confidence_js_distance": (
+                "Jensen-Shannon distance vs the previous period",
+                "js_distance",
+            ),
+        }
+        families = {name: _gauge(name, doc) for name, (doc, _) in scalar.items()}
+        labelled = _gauge("calmon_labelled_predictions", "Labelled predictions made in the window")
+        window_predictions = _gauge("calmon_window_predictions", "Predictions made in the window")
+        coverage = _gauge(
+            "calmon_label_coverage_ratio", "Share of the window's predictions that are labelled"
+        )
+        reliability = _gauge(
+            "calmon_reliability_bin_accuracy_ratio", "Accuracy per confidence bin", (*WINDOW_LABELS, "bin")
+        )
+        histogram = GaugeHistogramMetricFamily(
+            "calmon_window_confidence",
+            "Confidence distribution of the window's predictions",
+            labels=list(WINDOW_LABELS),
+        )
+        for s in stats:
+            values = [s.model, s.segment, s.window, s.score]
+            for name, (_, field) in scalar.items():
+                value = getattr(s, field)
+                if value is not None:
+                    families[name].add_metric(values, float(value))
+            labelled.add_metric(values, float(s.labelled))
+            window_predictions.add_metric(values, float(s.predictions))
+            coverage.add_metric(values, float(s.label_coverage))
+            for row in s.reliability:
+                if row["accuracy"] is not None:
+                    reliability.add_metric([*values, str(row["bin"])], float(row["accuracy"]))
+            if s.histogram:
+                edges = np.linspace(0.0, 1.0, len(s.histogram) + 1)[1:]
+                cumulative = np.cumsum(s.histogram)
+                buckets = [
+                    (f"{edge:.4g}", float(count))
+                    for edge, count in zip(edges[:-1], cumulative[:-1], strict=True)
+                ]
+                buckets.append(("+Inf", float(cumulative[-1])))
+                histogram.add_metric(values, buckets, gsum_value=None)
+        yield from families.values()
+        yield from (labelled, window_predictions, coverage, reliability, histogram)
+
+        info = GaugeMetricFamily(
+            "calmon_calibrator_info", "The calibrator serving each model and segment",
+            labels=["model", "segment", "version", "method"],
+        )  # fmt: skip
+        for entry in snapshot.calibrators if snapshot is not None else []:
+            info.add_metric([entry["model"], entry["segment"], str(entry["version"]), entry["method"]], 1.0)
+        yield info
+
+        bin_labels = ["model", "segment", "score", "bin"]
+        count = CounterMetricFamily(
+            "calmon_binned_predictions", "Labelled predictions per confidence bin", labels=bin_labels
+        )
+        confidence = CounterMetricFamily(
+            "calmon_binned_confidence_sum",
+            "Sum of confidence of labelled predictions per bin",
+            labels=bin_labels,
+        )
+        correct = CounterMetricFamily(
+            "calmon_binned_correct", "Correct labelled predictions per bin", labels=bin_labels
+        )
+        for (model, segment, score), sums in self._binned.items():
+            for b in range(sums.shape[1]):
+                labels = [model, segment, score, str(b)]
+                count.add_metric(labels, float(sums[0, b]))
+                confidence.add_metric(labels, float(sums[1, b]))
+                correct.add_metric(labels, float(sums[2, b]))
+        yield from (count, confidence, correct)

@@ -1,0 +1,260 @@
+"""Background jobs (APScheduler 3.x) with a database lease so only one replica runs them.
+
+Jobs have stable ids, ``max_instances=1``, coalescing and a misfire grace. A failing job is logged,
+counted (``calmon_job_runs_total{outcome="failure"}``) and simply runs again at its next tick; it
+never stops the scheduler or the daemon. Jobs run in the scheduler's own threads, so a slow job
+never blocks request handling.
+
+* ``leader-lease``: take or renew the lease (every TTL/3).
+* ``evaluate`` (leader): fold new rows into the sketch buckets, evaluate every window, publish the
+  snapshot (in memory and in the database for the other replicas).
+* ``retention`` (leader): delete aggregated raw rows, parked feedback and sketch buckets past their
+  retention, in bounded batches.
+* ``reconcile-pending`` (leader): join feedback parked during a cross-replica race.
+* ``snapshot-refresh`` (followers): adopt the leader's latest snapshot.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy import Engine, and_, delete, or_, select
+
+from monitor.config import Settings, parse_duration
+from monitor.evaluation.snapshot import Snapshot, SnapshotHolder
+from monitor.evaluation.windows import WindowSpec, evaluate
+from monitor.exporter import BinnedCounters
+from monitor.store.aggregates import aggregate_pending
+from monitor.store.coordination import load_snapshot, release_lease, save_snapshot, try_acquire_lease
+from monitor.store.engine import READ_ONLY
+from monitor.store.ingest import reconcile_pending
+from monitor.store.queries import all_active_calibrators
+from monitor.store.schema import pending_feedback, predictions, sketch_bins
+from monitor.telemetry import ServiceMetrics
+
+log = logging.getLogger("calmon.scheduler")
+LEASE = "scheduler"
+SNAPSHOT = "evaluation"
+DAY = 86400.0
+
+
+def default_instance_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Scheduler:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        holder: SnapshotHolder,
+        metrics: ServiceMetrics,
+        binned: BinnedCounters,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.engine = engine
+        self.settings = settings
+        self.holder = holder
+        self.metrics = metrics
+        self.binned = binned
+        self.clock = clock
+        self.instance_id = settings.scheduler.instance_id or default_instance_id()
+        self.is_leader = False
+        self._scheduler = BackgroundScheduler(
+            timezone="UTC",
+            job_defaults={
+                "coalesce": True,
+                "max_instances": 1,
+                "misfire_grace_time": int(settings.scheduler.misfire_grace_seconds),
+            },
+        )
+        self.windows = [WindowSpec(name, parse_duration(name)) for name in settings.evaluation.windows]
+
+    # ------------------------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        cfg = self.settings.scheduler
+        add = self._scheduler.add_job
+        add(
+            self._guard("leader-lease", self.renew_lease, leader_only=False),
+            "interval",
+            seconds=cfg.lease_ttl_seconds / 3,
+            id="leader-lease",
+            next_run_time=_now(),
+        )
+        add(
+            self._guard("evaluate", self.evaluate_once),
+            "interval",
+            seconds=self.settings.evaluation.interval_seconds,
+            id="evaluate",
+            next_run_time=_now(),
+        )
+        add(
+            self._guard("retention", self.retention_once),
+            "interval",
+            seconds=self.settings.retention.interval_seconds,
+            id="retention",
+        )
+        add(
+            self._guard("reconcile-pending", self.reconcile_once),
+            "interval",
+            seconds=cfg.reconcile_interval_seconds,
+            id="reconcile-pending",
+        )
+        add(
+            self._guard("snapshot-refresh", self.refresh_snapshot, leader_only=False),
+            "interval",
+            seconds=max(1.0, self.settings.evaluation.interval_seconds / 2),
+            id="snapshot-refresh",
+        )
+        self._scheduler.start()
+        log.info("scheduler started", extra={"instance": self.instance_id})
+
+    def shutdown(self) -> None:
+        self._scheduler.shutdown(wait=True)
+        if self.is_leader:
+            try:
+                with self.engine.begin() as conn:
+                    release_lease(conn, LEASE, self.instance_id)
+            except Exception:
+                log.exception("could not release the scheduler lease; it expires by itself")
+        self.is_leader = False
+        self.metrics.leader.set(0)
+
+    def _guard(self, name: str, job: Callable[[], Any], leader_only: bool = True) -> Callable[[], None]:
+        def run() -> None:
+            if leader_only and not self.is_leader:
+                return
+            started = time.perf_counter()
+            try:
+                job()
+            except Exception:
+                self.metrics.job_runs.labels(name, "failure").inc()
+                log.exception("job failed; it runs again at its next tick", extra={"job": name})
+            else:
+                self.metrics.job_runs.labels(name, "success").inc()
+            finally:
+                self.metrics.job_duration.labels(name).observe(time.perf_counter() - started)
+
+        return run
+
+    # ------------------------------------------------------------------------------------ jobs
+    def renew_lease(self) -> None:
+        try:
+            with self.engine.begin() as conn:
+                leader = try_acquire_lease(
+                    conn, LEASE, self.instance_id, self.settings.scheduler.lease_ttl_seconds, self.clock()
+                )
+        except Exception:
+            self._set_leader(False)  # cannot prove we hold it: stop acting as leader
+            raise
+        self._set_leader(leader)
+
+    def _set_leader(self, leader: bool) -> None:
+        if leader != self.is_leader:
+            log.info("scheduler leadership changed", extra={"instance": self.instance_id, "leader": leader})
+        self.is_leader = leader
+        self.metrics.leader.set(1 if leader else 0)
+
+    def aggregate_once(self, batch: int = 50_000) -> int:
+        """Fold every row needing work into the buckets, one bounded transaction per batch."""
+        cfg = self.settings.evaluation
+        total = 0
+        while True:
+            with self.engine.begin() as conn:
+                run = aggregate_pending(conn, cfg.bucket_seconds, cfg.fine_bins, batch)
+            if not run.rows:
+                return total
+            self.binned.add(run.deltas)
+            total += run.rows
+
+    def evaluate_once(self) -> Snapshot:
+        self.aggregate_once()
+        cfg = self.settings.evaluation
+        now = self.clock()
+        caps = {m: c.max_segments for m, c in self.settings.models.items() if c.max_segments}
+        with self.engine.connect().execution_options(**READ_ONLY) as conn:
+            stats = evaluate(
+                conn,
+                self.windows,
+                now,
+                cfg.bucket_seconds,
+                cfg.fine_bins,
+                cfg.ece_bins,
+                caps,
+                cfg.max_segments,
+                cfg.bootstrap_draws,
+            )
+            calibrators = all_active_calibrators(conn)
+            conn.rollback()
+        models = {s.model for s in stats}
+        served = {(c["model"], c["segment"]) for c in calibrators}
+        calibrators += [
+            {"model": m, "segment": "*", "version": "identity", "method": "identity"}
+            for m in sorted(models)
+            if not any(model == m for model, _ in served)
+        ]
+        snapshot = Snapshot(now, stats, calibrators)
+        self.holder.set(snapshot)
+        self.metrics.last_evaluation.set(now)
+        with self.engine.begin() as conn:
+            save_snapshot(conn, SNAPSHOT, now, orjson.dumps(snapshot.as_dict()).decode())
+        return snapshot
+
+    def refresh_snapshot(self) -> None:
+        if self.is_leader:
+            return
+        current = self.holder.get()
+        with self.engine.connect().execution_options(**READ_ONLY) as conn:
+            found = load_snapshot(conn, SNAPSHOT, newer_than=current.created_at if current else None)
+            conn.rollback()
+        if found is not None:
+            snapshot = Snapshot.from_dict(orjson.loads(found[1]))
+            self.holder.set(snapshot)
+            self.metrics.last_evaluation.set(snapshot.created_at)
+
+    def reconcile_once(self) -> int:
+        with self.engine.begin() as conn:
+            return reconcile_pending(conn)
+
+    def retention_once(self) -> int:
+        """Delete raw rows and parked feedback past ``raw_days`` (only rows already in the buckets)
+        and buckets past ``sketch_days``, in bounded batches; rows deleted."""
+        cfg = self.settings.retention
+        now = self.clock()
+        raw_cutoff = now - cfg.raw_days * DAY
+        done = ~or_(
+            predictions.c.agg_state == 0,
+            and_(predictions.c.agg_state == 1, predictions.c.correct.is_not(None)),
+        )
+        total = 0
+        while True:
+            with self.engine.begin() as conn:
+                expired = (
+                    select(predictions.c.pk).where(predictions.c.ts < raw_cutoff, done).limit(cfg.batch_rows)
+                )
+                pks = [pk for (pk,) in conn.execute(expired)]
+                if pks:
+                    conn.execute(delete(predictions).where(predictions.c.pk.in_(pks)))
+            total += len(pks)
+            if len(pks) < cfg.batch_rows:
+                break
+        with self.engine.begin() as conn:
+            total += conn.execute(
+                delete(pending_feedback).where(pending_feedback.c.received_at < raw_cutoff)
+            ).rowcount
+            total += conn.execute(
+                delete(sketch_bins).where(sketch_bins.c.bucket_start < now - cfg.sketch_days * DAY)
+            ).rowcount
+        return total
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

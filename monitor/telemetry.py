@@ -1,0 +1,49 @@
+"""The daemon's own counters and gauges, shared by the collector, the scheduler and the exporter.
+
+Created once per daemon on a registry passed in (no module-level registry).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class ServiceMetrics:
+    """Counters and gauges the daemon updates as it works."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.predictions = Counter("calmon_predictions", "Predictions accepted", ["model"], registry=registry)
+        self.feedback = Counter(
+            "calmon_feedback", "Feedback records by outcome", ["outcome"], registry=registry
+        )
+        self.rejected = Counter(
+            "calmon_rejected_records", "Rejected records by the field at fault", ["reason"], registry=registry
+        )
+        self.recalibrations = Counter(
+            "calmon_recalibrations", "Recalibration runs by outcome", ["outcome"], registry=registry
+        )
+        self.job_runs = Counter(
+            "calmon_job_runs", "Scheduler job runs by outcome", ["job", "outcome"], registry=registry
+        )
+        self.job_duration = Histogram(
+            "calmon_job_duration_seconds",
+            "Scheduler job duration",
+            ["job"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=registry,
+        )
+        self.leader = Gauge(
+            "calmon_scheduler_leader", "1 while this replica holds the scheduler lease", registry=registry
+        )
+        self.request_duration = Histogram(
+            "calmon_http_request_duration_seconds",
+            "HTTP request latency by route",
+            ["method", "route", "status"],
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=registry,
+        )
+        self.last_evaluation = Gauge(
+            "calmon_last_evaluation_timestamp_seconds",
+            "When the snapshot served here was computed",
+            registry=registry,
+        )
