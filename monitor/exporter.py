@@ -147,7 +147,7 @@ class SnapshotCollector(Collector):
                     for edge, count in zip(edges[:-1], cumulative[:-1], strict=True)
                 ]
                 buckets.append(("+Inf", float(cumulative[-1])))
-                histogram.add_metric(values, buckets, gsum_value=None)
+                histogram.add_metric(values, buckets, gsum_value=s.confidence_sum)
         yield from families.values()
         yield from (labelled, window_predictions, coverage, reliability, histogram)
 

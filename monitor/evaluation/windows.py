@@ -55,6 +55,7 @@ class WindowStats:
     js_distance: float | None = None
     reliability: list[dict[str, Any]] = field(default_factory=list)
     histogram: list[float] = field(default_factory=list)  # all predictions, ece_bins bins
+    confidence_sum: float = 0.0  # over all predictions of the window (the histogram's sum)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,6 +77,7 @@ def window_stats(
     n, n_l = sketch.predictions, sketch.labelled
     stats = WindowStats(model, segment, window, score, n, n_l, n - n_l, n_l / n if n else 0.0)
     stats.histogram = sketch.histogram(ece_bins).tolist()
+    stats.confidence_sum = float(sketch.moments[1].sum())
     if n and reference is not None and reference.predictions:
         stats.psi = _finite(psi(reference.histogram(ece_bins), sketch.histogram(ece_bins)))
         stats.js_distance = _finite(js_distance(reference.histogram(ece_bins), sketch.histogram(ece_bins)))

@@ -1,0 +1,74 @@
+"""A real Prometheus server on a free loopback port, scraping given targets (tests only)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.support.pgcluster import free_port
+
+INSTALL_HINT = "install Debian's 'prometheus' package (apt-get install prometheus)"
+
+
+class Prometheus:
+    def __init__(self, targets: list[str], scrape_interval: str = "1s", extra_config: str = ""):
+        binary = shutil.which("prometheus")
+        if binary is None:
+            raise RuntimeError(f"prometheus not found; {INSTALL_HINT}")
+        self.root = Path(tempfile.mkdtemp(prefix="calmon-prom-"))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = self.root / "prometheus.yml"
+        config.write_text(
+            f"global: {{scrape_interval: {scrape_interval}, evaluation_interval: {scrape_interval}}}\n"
+            + extra_config
+            + "scrape_configs:\n  - job_name: calmon\n    static_configs:\n"
+            + f"      - targets: [{', '.join(repr(t) for t in targets)}]\n"
+        )
+        self.log = open(self.root / "prometheus.log", "wb")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [binary, f"--config.file={config}", f"--storage.tsdb.path={self.root / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=1h"],
+            stdout=self.log, stderr=self.log,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"prometheus not ready: {(self.root / 'prometheus.log').read_text()[-2000:]}")
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        response = httpx.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=10)
+        body = response.json()
+        if body.get("status") != "success":
+            raise AssertionError(f"query failed: {promql}: {body}")
+        return list(body["data"]["result"])
+
+    def wait_for(self, promql: str, timeout: float = 60.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = self.query(promql)
+            if result:
+                return result
+            time.sleep(0.5)
+        raise TimeoutError(f"no result for {promql} after {timeout}s")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -1,0 +1,134 @@
+"""End to end with real binaries: calmon daemons, a real Prometheus, a real PostgreSQL."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import PgServer, missing_service
+from tests.support.daemon import Daemon
+from tests.support.prometheus import Prometheus
+
+FAST = """
+evaluation: {interval_seconds: 1, windows: [1h, 24h, 7d], bootstrap_draws: 100}
+scheduler: {lease_ttl_seconds: 3, reconcile_interval_seconds: 2}
+logging: {access_log: false}
+"""
+
+
+@pytest.fixture
+def fast_config(tmp_path: Path) -> Path:
+    path = tmp_path / "calmon.yaml"
+    path.write_text(FAST)
+    return path
+
+
+def start_prometheus(targets: list[str]) -> Prometheus:
+    try:
+        return Prometheus(targets)
+    except RuntimeError as exc:
+        missing_service(str(exc))
+        raise
+
+
+def send_dataset(url: str, model: str, n: int = 600, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    p = rng.uniform(0.5, 1.0, n)
+    now = time.time()
+    records = [{"model": model, "id": f"e{i}", "segment": ["web", "api"][i % 2], "confidence": float(p[i]),
+                "ts": now - 5 * i} for i in range(n)]  # fmt: skip
+    assert httpx.post(f"{url}/v1/predictions", json={"predictions": records}, timeout=60).status_code == 200
+    truth = rng.random(n) < p - 0.25  # overconfident
+    feedback = [{"model": model, "id": f"e{i}", "correct": bool(t)} for i, t in enumerate(truth)]
+    assert httpx.post(f"{url}/v1/feedback", json={"feedback": feedback}, timeout=60).json()["matched"] == n
+
+
+def test_prometheus_scrapes_calmon_and_promql_reproduces_the_ece(tmp_path: Path, fast_config: Path) -> None:
+    daemon = Daemon(f"sqlite:///{tmp_path / 'e2e.db'}", config=fast_config, log_path=tmp_path / "daemon.log")
+    prometheus = None
+    try:
+        daemon.wait_healthy()
+        send_dataset(daemon.base_url, "e2e-model")  # every label arrives at once
+        prometheus = start_prometheus([f"127.0.0.1:{daemon.port}"])
+        selector = 'model="e2e-model",segment="*",window="7d",score="raw"'
+        gauge = prometheus.wait_for(f"calmon_expected_calibration_error{{{selector}}}")
+        ece = float(gauge[0]["value"][1])
+        assert ece > 0.1  # the dataset is overconfident
+        promql = (
+            'sum(abs(sum by (bin) (calmon_binned_correct_total{model="e2e-model",score="raw"})'
+            ' - sum by (bin) (calmon_binned_confidence_sum_total{model="e2e-model",score="raw"})))'
+            ' / sum(calmon_binned_predictions_total{model="e2e-model",score="raw"})'
+        )
+        from_counters = float(prometheus.wait_for(promql)[0]["value"][1])
+        assert from_counters == pytest.approx(ece, abs=1e-9)
+        labelled = prometheus.wait_for(f"calmon_labelled_predictions{{{selector}}}")
+        assert float(labelled[0]["value"][1]) == 600
+        assert prometheus.query('up{job="calmon"}')[0]["value"][1] == "1"
+    finally:
+        if prometheus is not None:
+            prometheus.stop()
+        daemon.stop()
+
+
+def scrape_value(url: str, metric: str) -> float | None:
+    try:
+        text = httpx.get(f"{url}/metrics", timeout=5).text
+    except httpx.TransportError:
+        return None
+    match = re.search(rf"^{re.escape(metric)} ([0-9.e+-]+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else None
+
+
+@pytest.fixture
+def shared_pg(pg_server: PgServer) -> Iterator[str]:
+    url = pg_server.new_database()
+    yield url
+    pg_server.drop(url)
+
+
+def test_two_daemons_on_postgres_share_one_leader_and_fail_over(
+    shared_pg: str, tmp_path: Path, fast_config: Path
+) -> None:
+    a = Daemon(shared_pg, config=fast_config, log_path=tmp_path / "a.log")
+    b = Daemon(shared_pg, config=fast_config, log_path=tmp_path / "b.log")
+    try:
+        a.wait_healthy()
+        b.wait_healthy()
+        send_dataset(a.base_url, "shared-model", n=300)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            leaders = [scrape_value(d.base_url, "calmon_scheduler_leader") for d in (a, b)]
+            if sorted(leaders) == [0.0, 1.0]:
+                break
+            time.sleep(0.2)
+        assert sorted(leaders) == [0.0, 1.0], leaders
+        leader, follower = (a, b) if leaders[0] == 1.0 else (b, a)
+        time.sleep(3)  # several evaluation ticks
+        evaluate_runs = 'calmon_job_runs_total{job="evaluate",outcome="success"}'
+        assert (scrape_value(leader.base_url, evaluate_runs) or 0) >= 2
+        assert scrape_value(follower.base_url, evaluate_runs) is None  # each tick ran once: on the leader
+        # the follower serves the leader's snapshot
+        windows = httpx.get(f"{follower.base_url}/v1/models/shared-model", timeout=10).json()["windows"]
+        assert {w["window"] for w in windows} == {"1h", "24h", "7d"}
+
+        leader.process.kill()  # no chance to release the lease
+        leader.process.wait()
+        killed_at = time.monotonic()
+        while time.monotonic() - killed_at < 15:
+            if scrape_value(follower.base_url, "calmon_scheduler_leader") == 1.0:
+                break
+            time.sleep(0.1)
+        takeover = time.monotonic() - killed_at
+        assert scrape_value(follower.base_url, "calmon_scheduler_leader") == 1.0
+        assert takeover <= 3 + 1 + 1  # lease TTL + one renewal interval + scrape slack
+        time.sleep(2.5)
+        assert (scrape_value(follower.base_url, evaluate_runs) or 0) >= 1  # it now runs the ticks
+    finally:
+        a.stop()
+        b.stop()

@@ -1,0 +1,115 @@
+"""The exposition: promtool-clean on a real scrape, and pinned by a golden file for a fixed dataset."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry, generate_latest
+from sqlalchemy import Engine
+
+from monitor.config import Settings
+from monitor.evaluation.snapshot import Snapshot, SnapshotHolder
+from monitor.evaluation.windows import WindowSpec, evaluate
+from monitor.exporter import BinnedCounters, SnapshotCollector
+from monitor.store.aggregates import aggregate_pending
+from monitor.store.ingest import apply_feedback, insert_predictions
+from monitor.store.records import FeedbackItem, PredictionRow
+from tests.conftest import missing_service
+from tests.test_scheduler import build
+
+GOLDEN = Path(__file__).with_name("golden") / "exposition.txt"
+NOW = 1_800_000_000.0
+
+
+def promtool() -> str:
+    found = shutil.which("promtool")
+    if found is None:
+        missing_service("promtool not found; install Debian's 'prometheus' package")
+    assert found is not None
+    return found
+
+
+def fixed_dataset(engine: Engine) -> BinnedCounters:
+    rng = np.random.default_rng(2024)
+    rows = []
+    for i in range(300):
+        p = round(float(rng.uniform(0.3, 1.0)), 6)
+        rows.append(PredictionRow("golden-model", f"g{i}", ["search", "chat"][i % 2], NOW - 30 * i, "confidence",
+                                  p, None, None, round(p * 0.9, 6), "1"))  # fmt: skip
+    truth = rng.random(300) < 0.7
+    binned = BinnedCounters(15, {}, 50)
+    with engine.begin() as conn:
+        insert_predictions(conn, rows, now=NOW)
+        apply_feedback(
+            conn, [FeedbackItem("golden-model", f"g{i}", bool(truth[i]), None) for i in range(250)], NOW
+        )
+        binned.add(aggregate_pending(conn, 300, 120).deltas)
+    return binned
+
+
+def test_golden_exposition(sqlite_url: str) -> None:
+    from monitor.store.engine import create_store_engine
+    from monitor.store.migrate import upgrade
+
+    engine = create_store_engine(sqlite_url)
+    upgrade(engine)
+    binned = fixed_dataset(engine)
+    with engine.connect() as conn:
+        stats = evaluate(
+            conn, [WindowSpec("1h", 3600), WindowSpec("24h", 86400)], NOW, 300, 120, 15, n_boot=200
+        )
+    engine.dispose()
+    holder = SnapshotHolder()
+    holder.set(Snapshot(NOW, stats, [{"model": "golden-model", "segment": "*", "version": "identity",
+                                      "method": "identity"}]))  # fmt: skip
+    registry = CollectorRegistry()
+    registry.register(SnapshotCollector(holder, binned))
+    text = generate_latest(registry).decode()
+    text = "\n".join(_round_values(line) for line in text.splitlines()) + "\n"
+    if os.environ.get("CALMON_UPDATE_GOLDEN") == "1":
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text(), "exposition changed; review, then CALMON_UPDATE_GOLDEN=1 to accept"
+
+
+def _round_values(line: str) -> str:
+    """Pin values to 10 significant digits so float noise across platforms does not matter."""
+    if line.startswith("#") or " " not in line:
+        return line
+    name, value = line.rsplit(" ", 1)
+    try:
+        return f"{name} {float(value):.10g}"
+    except ValueError:
+        return line
+
+
+def test_promtool_check_metrics_on_a_real_scrape(
+    engine: Engine, make_settings: Callable[..., Settings]
+) -> None:
+    tool = promtool()
+    parts = build(engine, make_settings(), lambda: NOW, "replica-x")
+    rng = np.random.default_rng(5)
+    with TestClient(parts["app"]) as client:
+        records = [{"model": "m", "id": f"x{i}", "segment": ["a", "b"][i % 2], "confidence": float(rng.uniform(0.4, 1)),
+                    "ts": NOW - 10 * i} for i in range(200)]  # fmt: skip
+        records.append({"model": "m", "id": "bad", "confidence": 2})
+        assert client.post("/v1/predictions", json={"predictions": records}).status_code == 200
+        feedback = [{"model": "m", "id": f"x{i}", "correct": bool(rng.random() < 0.6)} for i in range(150)]
+        assert client.post("/v1/feedback", json={"feedback": feedback}).status_code == 200
+        parts["scheduler"].renew_lease()
+        parts["scheduler"].evaluate_once()
+        scrape = client.get("/metrics")
+    assert scrape.status_code == 200
+    for family in ("calmon_expected_calibration_error{", "calmon_binned_correct_total{", "calmon_window_confidence_bucket{",
+                   "calmon_rejected_records_total{", "calmon_http_request_duration_seconds_bucket{"):  # fmt: skip
+        assert family in scrape.text, family
+    result = subprocess.run(
+        [tool, "check", "metrics"], input=scrape.text, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stdout + result.stderr

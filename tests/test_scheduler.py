@@ -1,0 +1,190 @@
+"""The scheduler: leader lease, evaluation into the snapshot and exporter, failing and slow jobs."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry, generate_latest
+from sqlalchemy import Engine
+
+from monitor.collector.api import create_app
+from monitor.config import Settings
+from monitor.evaluation.snapshot import SnapshotHolder
+from monitor.exporter import BinnedCounters, SnapshotCollector
+from monitor.scheduler import Scheduler
+from monitor.telemetry import ServiceMetrics
+from tests.helpers import post_feedback, post_predictions
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def build(engine: Engine, settings: Settings, clock: Callable[[], float], instance: str) -> dict[str, Any]:
+    registry = CollectorRegistry()
+    metrics = ServiceMetrics(registry)
+    holder = SnapshotHolder()
+    binned = BinnedCounters(settings.evaluation.ece_bins, {}, settings.evaluation.max_segments)
+    registry.register(SnapshotCollector(holder, binned))
+    settings = settings.model_copy(
+        update={"scheduler": settings.scheduler.model_copy(update={"instance_id": instance})}
+    )
+    scheduler = Scheduler(engine, settings, holder, metrics, binned, clock)
+    app = create_app(settings, engine, clock=clock, registry=registry, metrics=metrics, snapshots=holder)
+    return {"scheduler": scheduler, "registry": registry, "metrics": metrics, "holder": holder, "app": app}
+
+
+@pytest.fixture
+def parts(engine: Engine, make_settings: Callable[..., Settings]) -> Iterator[dict[str, Any]]:
+    clock = Clock()
+    built = build(engine, make_settings(), clock, "replica-a")
+    built["clock"] = clock
+    built["client"] = TestClient(built["app"])
+    yield built
+    built["client"].close()
+
+
+def sample(metric: str, registry: CollectorRegistry, **labels: str) -> float | None:
+    value = registry.get_sample_value(metric, labels)
+    return value
+
+
+def test_evaluation_publishes_snapshot_metrics_and_api(parts: dict[str, Any]) -> None:
+    client, clock, scheduler = parts["client"], parts["clock"], parts["scheduler"]
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0.5, 1.0, 400)
+    records = [
+        {"model": "qa", "id": f"p{i}", "confidence": float(v), "ts": clock.now - 60 - i}
+        for i, v in enumerate(p)
+    ]
+    assert post_predictions(client, records).status_code == 200
+    truth = rng.random(400) < p - 0.2
+    assert (
+        post_feedback(
+            client, [{"model": "qa", "id": f"p{i}", "correct": bool(t)} for i, t in enumerate(truth)]
+        ).json()["matched"]
+        == 400
+    )
+    scheduler.renew_lease()
+    assert scheduler.is_leader
+    snapshot = scheduler.evaluate_once()
+    registry = parts["registry"]
+    ece = sample(
+        "calmon_expected_calibration_error", registry, model="qa", segment="*", window="1h", score="raw"
+    )
+    assert ece == pytest.approx(snapshot.find("qa", "*", "1h", "raw").ece) and ece > 0.1
+    assert (
+        sample(
+            "calmon_labelled_predictions", registry, model="qa", segment="default", window="24h", score="raw"
+        )
+        == 400
+    )
+    assert (
+        sample(
+            "calmon_label_coverage_ratio", registry, model="qa", segment="*", window="7d", score="calibrated"
+        )
+        == 1.0
+    )
+    assert (
+        sample(
+            "calmon_calibrator_info", registry, model="qa", segment="*", version="identity", method="identity"
+        )
+        == 1
+    )
+    assert (
+        sample(
+            "calmon_binned_predictions_total", registry, model="qa", segment="default", score="raw", bin="14"
+        )
+        > 0
+    )
+    assert sample("calmon_predictions_total", registry, model="qa") == 400
+    assert sample("calmon_feedback_total", registry, outcome="matched") == 400
+    assert sample("calmon_last_evaluation_timestamp_seconds", registry) == clock.now
+    # the read API serves the same snapshot
+    detail = client.get("/v1/models/qa").json()
+    assert {w["window"] for w in detail["windows"]} == {"1h", "24h", "7d"}
+    reliability = client.get("/v1/models/qa/reliability", params={"window": "1h", "score": "raw"}).json()
+    assert reliability["ece"] == pytest.approx(ece) and len(reliability["bins"]) == 15
+    assert client.get("/v1/models/qa/reliability", params={"window": "5m"}).status_code == 422
+    assert client.get("/v1/models/zz/reliability").status_code == 404
+    text = client.get("/metrics").text
+    assert "calmon_expected_calibration_error{" in text and "calmon_window_confidence_bucket{" in text
+
+
+def test_only_the_lease_holder_runs_jobs_and_the_lease_moves_after_expiry(
+    engine: Engine, make_settings: Callable[..., Settings]
+) -> None:
+    clock = Clock()
+    settings = make_settings(scheduler={"lease_ttl_seconds": 10})
+    a = build(engine, settings, clock, "replica-a")["scheduler"]
+    b = build(engine, settings, clock, "replica-b")["scheduler"]
+    a.renew_lease()
+    b.renew_lease()
+    assert (a.is_leader, b.is_leader) == (True, False)
+    clock.now += 5
+    a.renew_lease()  # renewal keeps it
+    b.renew_lease()
+    assert (a.is_leader, b.is_leader) == (True, False)
+    clock.now += 11  # a died: no renewal for longer than the TTL
+    b.renew_lease()
+    assert b.is_leader
+    a.renew_lease()
+    assert not a.is_leader  # the old holder cannot take it back while b renews
+
+
+def test_a_failing_job_is_counted_and_does_not_stop_the_scheduler(parts: dict[str, Any]) -> None:
+    scheduler, registry = parts["scheduler"], parts["registry"]
+    scheduler.is_leader = True
+    calls = []
+
+    def broken() -> None:
+        calls.append(1)
+        raise RuntimeError("boom")
+
+    job = scheduler._guard("evaluate", broken)
+    job()
+    job()  # runs again next tick
+    assert len(calls) == 2
+    assert sample("calmon_job_runs_total", registry, job="evaluate", outcome="failure") == 2
+    scheduler.is_leader = False
+    job()
+    assert len(calls) == 2  # leader-only jobs are skipped on followers
+
+
+def test_a_slow_job_never_blocks_ingest(engine: Engine, make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(evaluation={"interval_seconds": 0.2}, scheduler={"lease_ttl_seconds": 3})
+    built = build(engine, settings, time.time, "replica-slow")
+    scheduler = built["scheduler"]
+    release = threading.Event()
+    started = threading.Event()
+    original = scheduler.evaluate_once
+
+    def slow() -> Any:
+        started.set()
+        release.wait(10)
+        return original()
+
+    scheduler.evaluate_once = slow  # type: ignore[method-assign]
+    scheduler.start()
+    try:
+        assert started.wait(10)
+        with TestClient(built["app"]) as client:
+            began = time.perf_counter()
+            for i in range(5):
+                response = post_predictions(client, [{"model": "m", "id": f"x{i}", "confidence": 0.5}])
+                assert response.status_code == 200
+            assert time.perf_counter() - began < 5  # the evaluation is still stuck meanwhile
+            assert not release.is_set()
+    finally:
+        release.set()
+        scheduler.shutdown()
