@@ -45,6 +45,7 @@ class EvaluationConfig(_Section):
     interval_seconds: float = Field(60.0, gt=0)
     max_segments: int = Field(50, ge=1)  # per model, unless models.<m>.max_segments; overflow -> "other"
     bootstrap_draws: int = Field(500, ge=50)
+    reload_seconds: float = Field(3600.0, gt=0)  # full reload of the leader's rolling windows
     windows: list[str] = Field(default_factory=lambda: ["1h", "24h", "7d"], min_length=1)
     bucket_seconds: int = Field(300, gt=0)
     fine_bins: int = Field(120, ge=2, le=10_000)

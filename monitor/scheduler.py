@@ -29,8 +29,9 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine, and_, delete, or_, select
 
 from monitor.config import Settings, parse_duration
+from monitor.evaluation.rolling import RollingWindows
 from monitor.evaluation.snapshot import Snapshot, SnapshotHolder
-from monitor.evaluation.windows import WindowSpec, evaluate
+from monitor.evaluation.windows import WindowSpec, evaluate_periods
 from monitor.exporter import BinnedCounters
 from monitor.store.aggregates import aggregate_pending
 from monitor.store.coordination import load_snapshot, release_lease, save_snapshot, try_acquire_lease
@@ -77,6 +78,10 @@ class Scheduler:
             },
         )
         self.windows = [WindowSpec(name, parse_duration(name)) for name in settings.evaluation.windows]
+        cfg = settings.evaluation
+        self.rolling = RollingWindows(
+            [(w.name, w.seconds) for w in self.windows], cfg.bucket_seconds, cfg.fine_bins, cfg.reload_seconds
+        )
 
     # ------------------------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -160,6 +165,7 @@ class Scheduler:
     def _set_leader(self, leader: bool) -> None:
         if leader != self.is_leader:
             log.info("scheduler leadership changed", extra={"instance": self.instance_id, "leader": leader})
+            self.rolling.invalidate()  # whatever happened meanwhile, start from the database
         self.is_leader = leader
         self.metrics.leader.set(1 if leader else 0)
 
@@ -173,27 +179,27 @@ class Scheduler:
             if not run.rows:
                 return total
             self.binned.add(run.deltas)
+            self.rolling.apply(run.deltas)
             total += run.rows
 
     def evaluate_once(self) -> Snapshot:
-        self.aggregate_once()
         cfg = self.settings.evaluation
         now = self.clock()
+        if self.rolling.needs_load(now):
+            # Load before folding new rows: the deltas folded next are then exactly what is missing.
+            with self.engine.connect().execution_options(**READ_ONLY) as conn:
+                self.rolling.load(conn, now)
+                conn.rollback()
+        self.aggregate_once()
         caps = {m: c.max_segments for m, c in self.settings.models.items() if c.max_segments}
         with self.engine.connect().execution_options(**READ_ONLY) as conn:
-            stats = evaluate(
-                conn,
-                self.windows,
-                now,
-                cfg.bucket_seconds,
-                cfg.fine_bins,
-                cfg.ece_bins,
-                caps,
-                cfg.max_segments,
-                cfg.bootstrap_draws,
-            )
+            self.rolling.advance(conn, now)
             calibrators = all_active_calibrators(conn)
             conn.rollback()
+        periods = {w.name: self.rolling.periods(w.name) for w in self.windows}
+        stats = evaluate_periods(
+            self.windows, periods, cfg.ece_bins, caps, cfg.max_segments, cfg.bootstrap_draws
+        )
         models = {s.model for s in stats}
         served = {(c["model"], c["segment"]) for c in calibrators}
         calibrators += [

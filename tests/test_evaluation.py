@@ -108,3 +108,62 @@ def test_segments_are_capped_into_other(engine: Engine, world: dict[str, np.ndar
     total = next(s for s in stats if s.segment == ALL_SEGMENTS and s.score == "raw")
     parts = [s for s in stats if s.segment != ALL_SEGMENTS and s.score == "raw"]
     assert sum(s.predictions for s in parts) == total.predictions
+
+
+def test_rolling_windows_equal_a_fresh_evaluation_as_time_slides(engine: Engine) -> None:
+    """The leader's in-memory windows (deltas + slides) always equal summing the buckets anew."""
+    from monitor.evaluation.rolling import RollingWindows
+    from monitor.evaluation.windows import evaluate_periods
+
+    specs = [WindowSpec("1h", HOUR), WindowSpec("2h", 2 * HOUR)]
+    rolling = RollingWindows([(s.name, s.seconds) for s in specs], BUCKET, FINE, reload_seconds=10**9)
+    rng = np.random.default_rng(7)
+    now = NOW
+    with engine.connect() as conn:
+        rolling.load(conn, now)
+    sent = 0
+    for _ in range(12):
+        now += 700  # slides across bucket boundaries
+        n = 150
+        ts = now - rng.random(n) * 3 * HOUR  # some land in the reference, some beyond both periods
+        rows = [
+            PredictionRow(
+                "roll",
+                f"r{sent + i}",
+                ["x", "y"][i % 2],
+                float(ts[i]),
+                "confidence",
+                float(rng.random()),
+                None,
+                None,
+                float(rng.random()),
+                "1",
+            )
+            for i in range(n)
+        ]
+        with engine.begin() as conn:
+            insert_predictions(conn, rows, now=now)
+            # late labels for earlier predictions, some of them already outside the windows
+            late = [
+                FeedbackItem("roll", f"r{i}", bool(rng.random() < 0.5), None)
+                for i in rng.choice(sent + n, size=60, replace=False)
+            ]
+            apply_feedback(conn, late, now)
+            rolling.apply(aggregate_pending(conn, BUCKET, FINE).deltas)
+        with engine.connect() as conn:
+            rolling.advance(conn, now)
+            fresh = evaluate(conn, specs, now, BUCKET, FINE, BINS, n_boot=50)
+        incremental = evaluate_periods(
+            specs, {s.name: rolling.periods(s.name) for s in specs}, BINS, n_boot=50
+        )
+        sent += n
+        assert [(s.segment, s.window, s.score, s.predictions, s.labelled) for s in incremental] == [
+            (s.segment, s.window, s.score, s.predictions, s.labelled) for s in fresh
+        ]
+        for a, b in zip(incremental, fresh, strict=True):
+            for name in ("ece", "brier", "mce", "psi", "spiegelhalter_z"):
+                x, y = getattr(a, name), getattr(b, name)
+                assert (x is None and y is None) or x == pytest.approx(y, rel=1e-9, abs=1e-12), (
+                    name,
+                    a.window,
+                )

@@ -40,8 +40,20 @@ def fixed_dataset(engine: Engine) -> BinnedCounters:
     rows = []
     for i in range(300):
         p = round(float(rng.uniform(0.3, 1.0)), 6)
-        rows.append(PredictionRow("golden-model", f"g{i}", ["search", "chat"][i % 2], NOW - 30 * i, "confidence",
-                                  p, None, None, round(p * 0.9, 6), "1"))  # fmt: skip
+        rows.append(
+            PredictionRow(
+                "golden-model",
+                f"g{i}",
+                ["search", "chat"][i % 2],
+                NOW - 30 * i,
+                "confidence",
+                p,
+                None,
+                None,
+                round(p * 0.9, 6),
+                "1",
+            )
+        )
     truth = rng.random(300) < 0.7
     binned = BinnedCounters(15, {}, 50)
     with engine.begin() as conn:
@@ -66,8 +78,13 @@ def test_golden_exposition(sqlite_url: str) -> None:
         )
     engine.dispose()
     holder = SnapshotHolder()
-    holder.set(Snapshot(NOW, stats, [{"model": "golden-model", "segment": "*", "version": "identity",
-                                      "method": "identity"}]))  # fmt: skip
+    holder.set(
+        Snapshot(
+            NOW,
+            stats,
+            [{"model": "golden-model", "segment": "*", "version": "identity", "method": "identity"}],
+        )
+    )
     registry = CollectorRegistry()
     registry.register(SnapshotCollector(holder, binned))
     text = generate_latest(registry).decode()
@@ -95,8 +112,16 @@ def test_promtool_check_metrics_on_a_real_scrape(
     parts = build(engine, make_settings(), lambda: NOW, "replica-x")
     rng = np.random.default_rng(5)
     with TestClient(parts["app"]) as client:
-        records = [{"model": "m", "id": f"x{i}", "segment": ["a", "b"][i % 2], "confidence": float(rng.uniform(0.4, 1)),
-                    "ts": NOW - 10 * i} for i in range(200)]  # fmt: skip
+        records = [
+            {
+                "model": "m",
+                "id": f"x{i}",
+                "segment": ["a", "b"][i % 2],
+                "confidence": float(rng.uniform(0.4, 1)),
+                "ts": NOW - 10 * i,
+            }
+            for i in range(200)
+        ]
         records.append({"model": "m", "id": "bad", "confidence": 2})
         assert client.post("/v1/predictions", json={"predictions": records}).status_code == 200
         feedback = [{"model": "m", "id": f"x{i}", "correct": bool(rng.random() < 0.6)} for i in range(150)]
@@ -105,8 +130,13 @@ def test_promtool_check_metrics_on_a_real_scrape(
         parts["scheduler"].evaluate_once()
         scrape = client.get("/metrics")
     assert scrape.status_code == 200
-    for family in ("calmon_expected_calibration_error{", "calmon_binned_correct_total{", "calmon_window_confidence_bucket{",
-                   "calmon_rejected_records_total{", "calmon_http_request_duration_seconds_bucket{"):  # fmt: skip
+    for family in (
+        "calmon_expected_calibration_error{",
+        "calmon_binned_correct_total{",
+        "calmon_window_confidence_bucket{",
+        "calmon_rejected_records_total{",
+        "calmon_http_request_duration_seconds_bucket{",
+    ):
         assert family in scrape.text, family
     result = subprocess.run(
         [tool, "check", "metrics"], input=scrape.text, capture_output=True, text=True, timeout=60

@@ -122,6 +122,26 @@ def cap_segments(
     return out
 
 
+def evaluate_periods(
+    windows: list[WindowSpec],
+    periods: dict[str, tuple[dict[SeriesKey, CalibrationSketch], dict[SeriesKey, CalibrationSketch]]],
+    ece_bins: int,
+    max_segments: dict[str, int] | None = None,
+    default_cap: int = 50,
+    n_boot: int = 500,
+) -> list[WindowStats]:
+    """WindowStats from (current, reference) sketches per window, e.g. from RollingWindows."""
+    results: list[WindowStats] = []
+    caps = max_segments or {}
+    for spec in windows:
+        current_raw, previous_raw = periods[spec.name]
+        current = cap_segments({k: v for k, v in current_raw.items() if v.predictions}, caps, default_cap)
+        previous = cap_segments({k: v for k, v in previous_raw.items() if v.predictions}, caps, default_cap)
+        for key in sorted(current):
+            results.append(window_stats(key, spec.name, current[key], previous.get(key), ece_bins, n_boot))
+    return results
+
+
 def evaluate(
     conn: Connection,
     windows: list[WindowSpec],
@@ -133,15 +153,12 @@ def evaluate(
     default_cap: int = 50,
     n_boot: int = 500,
 ) -> list[WindowStats]:
-    """WindowStats for every series and window, read from the buckets in one snapshot."""
-    results: list[WindowStats] = []
-    caps = max_segments or {}
+    """WindowStats for every series and window, summing the buckets in the database (no state)."""
+    periods = {}
     for spec in windows:
         since = math.floor((now - spec.seconds) / bucket_seconds) * bucket_seconds
-        current = cap_segments(load_sketches(conn, fine_bins, since=since), caps, default_cap)
-        previous = cap_segments(
-            load_sketches(conn, fine_bins, since=since - spec.seconds, until=since), caps, default_cap
+        periods[spec.name] = (
+            load_sketches(conn, fine_bins, since=since),
+            load_sketches(conn, fine_bins, since=since - spec.seconds, until=since),
         )
-        for key in sorted(current):
-            results.append(window_stats(key, spec.name, current[key], previous.get(key), ece_bins, n_boot))
-    return results
+    return evaluate_periods(windows, periods, ece_bins, max_segments, default_cap, n_boot)
