@@ -20,7 +20,7 @@ from sqlalchemy import Engine
 from monitor.collector.api import create_app
 from monitor.config import Settings, mask_url
 from monitor.evaluation.snapshot import SnapshotHolder
-from monitor.exporter import BinnedCounters, SnapshotCollector
+from monitor.exporter import BinnedCounters, Exposition
 from monitor.scheduler import Scheduler
 from monitor.store.engine import create_store_engine
 from monitor.store.migrate import upgrade
@@ -63,9 +63,16 @@ def build(settings: Settings) -> Daemon:
     holder = SnapshotHolder()
     caps = {m: c.max_segments for m, c in settings.models.items() if c.max_segments}
     binned = BinnedCounters(settings.evaluation.ece_bins, caps, settings.evaluation.max_segments)
-    registry.register(SnapshotCollector(holder, binned))
-    scheduler = Scheduler(engine, settings, holder, metrics, binned)
-    app = create_app(settings, engine, registry=registry, metrics=metrics, snapshots=holder)
+    exposition = Exposition(registry, holder, binned)
+    scheduler = Scheduler(engine, settings, holder, metrics, binned, published=exposition.refresh)
+    app = create_app(
+        settings,
+        engine,
+        registry=registry,
+        metrics=metrics,
+        snapshots=holder,
+        render_metrics=exposition.render,
+    )
     return Daemon(engine, app, scheduler, registry)
 
 

@@ -60,6 +60,7 @@ class Scheduler:
         metrics: ServiceMetrics,
         binned: BinnedCounters,
         clock: Callable[[], float] = time.time,
+        published: Callable[[], None] = lambda: None,
     ):
         self.engine = engine
         self.settings = settings
@@ -67,6 +68,7 @@ class Scheduler:
         self.metrics = metrics
         self.binned = binned
         self.clock = clock
+        self.published = published  # called after each new snapshot (renders the exposition)
         self.instance_id = settings.scheduler.instance_id or default_instance_id()
         self.is_leader = False
         self._scheduler = BackgroundScheduler(
@@ -210,6 +212,7 @@ class Scheduler:
         snapshot = Snapshot(now, stats, calibrators)
         self.holder.set(snapshot)
         self.metrics.last_evaluation.set(now)
+        self.published()
         with self.engine.begin() as conn:
             save_snapshot(conn, SNAPSHOT, now, orjson.dumps(snapshot.as_dict()).decode())
         return snapshot
@@ -225,6 +228,7 @@ class Scheduler:
             snapshot = Snapshot.from_dict(orjson.loads(found[1]))
             self.holder.set(snapshot)
             self.metrics.last_evaluation.set(snapshot.created_at)
+            self.published()
 
     def reconcile_once(self) -> int:
         with self.engine.begin() as conn:

@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 from monitor.collector.api import create_app
 from monitor.config import Settings
 from monitor.evaluation.snapshot import SnapshotHolder
-from monitor.exporter import BinnedCounters, SnapshotCollector
+from monitor.exporter import BinnedCounters, Exposition
 from monitor.scheduler import Scheduler
 from monitor.telemetry import ServiceMetrics
 from tests.helpers import post_feedback, post_predictions
@@ -31,17 +31,32 @@ class Clock:
 
 
 def build(engine: Engine, settings: Settings, clock: Callable[[], float], instance: str) -> dict[str, Any]:
+    """The daemon's parts as app.build wires them, with an injectable clock and instance id."""
     registry = CollectorRegistry()
     metrics = ServiceMetrics(registry)
     holder = SnapshotHolder()
     binned = BinnedCounters(settings.evaluation.ece_bins, {}, settings.evaluation.max_segments)
-    registry.register(SnapshotCollector(holder, binned))
+    exposition = Exposition(registry, holder, binned)
     settings = settings.model_copy(
         update={"scheduler": settings.scheduler.model_copy(update={"instance_id": instance})}
     )
-    scheduler = Scheduler(engine, settings, holder, metrics, binned, clock)
-    app = create_app(settings, engine, clock=clock, registry=registry, metrics=metrics, snapshots=holder)
-    return {"scheduler": scheduler, "registry": registry, "metrics": metrics, "holder": holder, "app": app}
+    scheduler = Scheduler(engine, settings, holder, metrics, binned, clock, published=exposition.refresh)
+    app = create_app(
+        settings,
+        engine,
+        clock=clock,
+        registry=registry,
+        metrics=metrics,
+        snapshots=holder,
+        render_metrics=exposition.render,
+    )
+    return {
+        "scheduler": scheduler,
+        "exposition": exposition,
+        "metrics": metrics,
+        "holder": holder,
+        "app": app,
+    }
 
 
 @pytest.fixture
@@ -54,9 +69,9 @@ def parts(engine: Engine, make_settings: Callable[..., Settings]) -> Iterator[di
     built["client"].close()
 
 
-def sample(metric: str, registry: CollectorRegistry, **labels: str) -> float | None:
-    value = registry.get_sample_value(metric, labels)
-    return value
+def sample(metric: str, exposition: Exposition, **labels: str) -> float | None:
+    value = exposition.live.get_sample_value(metric, labels)
+    return value if value is not None else exposition.snapshot_registry.get_sample_value(metric, labels)
 
 
 def test_evaluation_publishes_snapshot_metrics_and_api(parts: dict[str, Any]) -> None:
@@ -78,7 +93,7 @@ def test_evaluation_publishes_snapshot_metrics_and_api(parts: dict[str, Any]) ->
     scheduler.renew_lease()
     assert scheduler.is_leader
     snapshot = scheduler.evaluate_once()
-    registry = parts["registry"]
+    registry = parts["exposition"]
     ece = sample(
         "calmon_expected_calibration_error", registry, model="qa", segment="*", window="1h", score="raw"
     )
@@ -143,7 +158,7 @@ def test_only_the_lease_holder_runs_jobs_and_the_lease_moves_after_expiry(
 
 
 def test_a_failing_job_is_counted_and_does_not_stop_the_scheduler(parts: dict[str, Any]) -> None:
-    scheduler, registry = parts["scheduler"], parts["registry"]
+    scheduler, registry = parts["scheduler"], parts["exposition"]
     scheduler.is_leader = True
     calls = []
 

@@ -89,11 +89,13 @@ def create_app(
     registry: CollectorRegistry | None = None,
     metrics: ServiceMetrics | None = None,
     snapshots: SnapshotHolder | None = None,
+    render_metrics: Callable[[], bytes] | None = None,
 ) -> FastAPI:
     """Assemble the API over an engine whose schema is already migrated.
 
     ``registry``/``metrics``/``snapshots`` are shared with the scheduler and exporter by the daemon;
-    when omitted (tests) the app gets fresh ones of its own.
+    when omitted (tests) the app gets fresh ones of its own. ``render_metrics`` produces the
+    ``/metrics`` body (the daemon's Exposition); by default the registry alone.
     """
     auth = Authenticator(settings.auth)
     scorer = scorer or IdentityScorer()
@@ -101,6 +103,7 @@ def create_app(
     registry = registry if registry is not None else CollectorRegistry()
     metrics = metrics if metrics is not None else ServiceMetrics(registry)
     snapshots = snapshots if snapshots is not None else SnapshotHolder()
+    render = render_metrics if render_metrics is not None else (lambda: generate_latest(registry))
 
     def aggregation_for(model: str) -> Aggregation:
         return settings.model_config_for(model).token_aggregation
@@ -334,7 +337,7 @@ def create_app(
     def prometheus_metrics(request: Request) -> Response:
         if settings.auth.protect_metrics:
             auth.authorize(request.headers.get("authorization"), "read")
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", summary="The process is up")
     def healthz() -> Response:
