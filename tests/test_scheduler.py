@@ -203,3 +203,50 @@ def test_a_slow_job_never_blocks_ingest(engine: Engine, make_settings: Callable[
     finally:
         release.set()
         scheduler.shutdown()
+
+
+def test_retention_deletes_only_folded_raw_rows_and_keeps_buckets_longer(
+    engine: Engine, make_settings: Callable[..., Settings]
+) -> None:
+    from sqlalchemy import func, select
+
+    from monitor.store.ingest import apply_feedback, insert_predictions
+    from monitor.store.records import FeedbackItem, PredictionRow
+    from monitor.store.schema import pending_feedback, predictions, sketch_bins
+
+    day = 86400.0
+    clock = Clock()
+    settings = make_settings(retention={"raw_days": 30, "sketch_days": 60, "batch_rows": 100})
+    parts = build(engine, settings, clock, "replica-r")
+    scheduler = parts["scheduler"]
+
+    def row(pid: str, age_days: float) -> PredictionRow:
+        return PredictionRow(
+            "m", pid, "default", clock.now - age_days * day, "confidence", 0.7, None, None, 0.7, "1"
+        )
+
+    with engine.begin() as conn:
+        insert_predictions(
+            conn, [row(f"old{i}", 40) for i in range(250)] + [row("ancient", 90), row("new", 1)], 0
+        )
+        apply_feedback(conn, [FeedbackItem("m", "old0", True, None)], clock.now)
+        apply_feedback(
+            conn, [FeedbackItem("m", "orphan", True, None)], clock.now - 40 * day
+        )  # parked long ago
+    scheduler.aggregate_once()
+    with engine.begin() as conn:
+        insert_predictions(conn, [row("old-unfolded", 40)], 0)  # not yet in the buckets: must survive
+        apply_feedback(conn, [FeedbackItem("m", "old1", False, None)], clock.now)  # label not folded yet
+
+    def count(table: Any, *where: Any) -> int:
+        with engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one()
+
+    buckets_before = count(sketch_bins)
+    deleted = scheduler.retention_once()
+    remaining = {r for (r,) in engine.connect().execute(select(predictions.c.prediction_id))}
+    assert remaining == {"new", "old-unfolded", "old1"}  # folded old rows gone, in batches of 100
+    assert count(pending_feedback) == 0  # parked feedback older than raw_days is gone
+    assert count(sketch_bins) < buckets_before  # the 90-day bucket passed sketch_days
+    assert count(sketch_bins, sketch_bins.c.bucket_start > clock.now - 60 * day) == buckets_before - 2
+    assert deleted == 249 + 1 + 1 + 2  # folded old rows (not old1), "ancient", the orphan, 2 bucket rows
