@@ -46,6 +46,7 @@ BAD_PREDICTIONS: list[tuple[str, dict[str, Any], str, str]] = [
     ("oversize id", pred("x" * 300), "id", "at most 256"),
     ("oversize predicted", pred("x", predicted="y" * 300), "predicted", "at most 256"),
     ("segment empty", pred("x", segment=""), "segment", "at least 1"),
+    ("segment reserved", pred("x", segment="*"), "segment", "reserved"),
     ("record not an object", [1, 2], "record", "valid dictionary"),  # type: ignore[list-item]
 ]
 

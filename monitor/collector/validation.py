@@ -20,9 +20,11 @@ from monitor.calibration.sequence import Aggregation, sequence_confidence, valid
 from monitor.calibration.vectors import softmax_max, top_label, validate_logits, validate_probs
 from monitor.collector.schemas import CONFIDENCE_FIELDS, FeedbackIn, PredictionIn, Rejection
 from monitor.config import LimitsConfig
+from monitor.evaluation.windows import ALL_SEGMENTS
 from monitor.store.records import FeedbackItem, InputKind
 
 Record = TypeVar("Record", bound=BaseModel)
+RESERVED_SEGMENT = ALL_SEGMENTS  # the model-wide series of every window
 
 
 class BatchError(Exception):
@@ -185,6 +187,8 @@ def score_prediction(
     """
     if len(record.id) > limits.max_id_length:
         raise _FieldError("id", f"longer than {limits.max_id_length} characters")
+    if record.segment == RESERVED_SEGMENT:
+        raise _FieldError("segment", f"{RESERVED_SEGMENT!r} is reserved for the model-wide series")
     predicted = None if record.predicted is None else str(record.predicted)
     if predicted is not None and len(predicted) > limits.max_label_length:
         raise _FieldError("predicted", f"longer than {limits.max_label_length} characters")
