@@ -157,3 +157,11 @@ def test_health_and_openapi(client: TestClient) -> None:
     record = spec["components"]["schemas"]["PredictionIn"]["properties"]
     assert {"model", "id", "segment", "ts", "confidence", "probs", "logits", "token_logprobs"} <= set(record)
     assert "/v1/feedback" in spec["paths"] and "/v1/models/{model}" in spec["paths"]
+
+
+def test_stored_vectors_round_trip() -> None:
+    from monitor.collector.validation import pack_vector, unpack_vector
+
+    values = [0.1, -2.5, 3.25, 1e-3]
+    assert unpack_vector(pack_vector(values)) == pytest.approx(values, rel=1e-6)  # float32 storage
+    assert len(pack_vector(values)) == 16

@@ -109,11 +109,6 @@ class CalibrationSketch:
         self._check_compatible(other)
         return CalibrationSketch(self.fine_bins, self.moments + other.moments)
 
-    def __iadd__(self, other: CalibrationSketch) -> CalibrationSketch:
-        self._check_compatible(other)
-        self.moments += other.moments
-        return self
-
     @classmethod
     def merge_all(
         cls, sketches: list[CalibrationSketch], fine_bins: int = DEFAULT_FINE_BINS

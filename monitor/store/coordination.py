@@ -35,11 +35,6 @@ def release_lease(conn: Connection, name: str, holder: str) -> None:
     conn.execute(delete(leases).where(leases.c.name == name, leases.c.holder == holder))
 
 
-def lease_holder(conn: Connection, name: str, now: float) -> str | None:
-    row = conn.execute(select(leases.c.holder, leases.c.expires_at).where(leases.c.name == name)).first()
-    return row.holder if row is not None and row.expires_at >= now else None
-
-
 def save_snapshot(conn: Connection, name: str, created_at: float, body: str) -> None:
     updated = conn.execute(
         update(snapshots).where(snapshots.c.name == name).values(created_at=created_at, body=body)

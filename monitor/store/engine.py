@@ -20,10 +20,6 @@ from monitor.config import DatabaseConfig
 READ_ONLY = {"calmon_read_only": True}
 
 
-def is_sqlite(engine: Engine) -> bool:
-    return engine.dialect.name == "sqlite"
-
-
 def create_store_engine(url: str, database: DatabaseConfig | None = None) -> Engine:
     """An Engine configured for calmon's access pattern (batch writes, short reads)."""
     cfg = database or DatabaseConfig()
