@@ -244,7 +244,8 @@ def test_retention_deletes_only_folded_raw_rows_and_keeps_buckets_longer(
 
     buckets_before = count(sketch_bins)
     deleted = scheduler.retention_once()
-    remaining = {r for (r,) in engine.connect().execute(select(predictions.c.prediction_id))}
+    with engine.connect() as conn:  # closed at once: an open SQLite transaction would hold the write lock
+        remaining = {r for (r,) in conn.execute(select(predictions.c.prediction_id))}
     assert remaining == {"new", "old-unfolded", "old1"}  # folded old rows gone, in batches of 100
     assert count(pending_feedback) == 0  # parked feedback older than raw_days is gone
     assert count(sketch_bins) < buckets_before  # the 90-day bucket passed sketch_days
