@@ -89,8 +89,13 @@ class ModelDriftOverride(_Section):
     cooldown_seconds: float | None = Field(None, ge=0)
 
 
+class SegmentConfig(_Section):
+    drift: ModelDriftOverride = Field(default_factory=ModelDriftOverride)
+
+
 class ModelConfig(_Section):
     drift: ModelDriftOverride = Field(default_factory=ModelDriftOverride)
+    segments: dict[str, SegmentConfig] = Field(default_factory=dict)  # per-segment drift overrides
     token_aggregation: TokenAggregation = "mean"  # noqa: S105 (not a secret)
     max_segments: int | None = Field(None, ge=1)
 
@@ -241,6 +246,17 @@ class Settings(BaseSettings):
 
     def model_config_for(self, model: str) -> ModelConfig:
         return self.models.get(model) or ModelConfig()
+
+    def drift_for(self, model: str, segment: str) -> DriftConfig:
+        """Drift thresholds for one series: defaults, then the model's, then the segment's overrides."""
+        values = self.drift.model_dump()
+        model_cfg = self.model_config_for(model)
+        layers = [model_cfg.drift]
+        if segment in model_cfg.segments:
+            layers.append(model_cfg.segments[segment].drift)
+        for layer in layers:
+            values.update({k: v for k, v in layer.model_dump().items() if v is not None})
+        return DriftConfig(**values)
 
     def masked(self) -> dict[str, Any]:
         """The effective configuration as plain data, every secret masked."""

@@ -160,6 +160,16 @@ class SnapshotCollector(Collector):
             info.add_metric([entry["model"], entry["segment"], str(entry["version"]), entry["method"]], 1.0)
         yield info
 
+        drift = GaugeMetricFamily(
+            "calmon_drift_detected", "1 while the drift policy finds this kind of drift (see docs)",
+            labels=["model", "segment", "kind"],
+        )  # fmt: skip
+        for entry in snapshot.drift if snapshot is not None else []:
+            drift.add_metric(
+                [entry["model"], entry["segment"], entry["kind"]], 1.0 if entry["active"] else 0.0
+            )
+        yield drift
+
         bin_labels = ["model", "segment", "score", "bin"]
         count = CounterMetricFamily(
             "calmon_binned_predictions", "Labelled predictions per confidence bin", labels=bin_labels

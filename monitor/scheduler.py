@@ -29,6 +29,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine, and_, delete, or_, select
 
 from monitor.config import Settings, parse_duration
+from monitor.evaluation.policy import DriftPolicy
 from monitor.evaluation.rolling import RollingWindows
 from monitor.evaluation.snapshot import Snapshot, SnapshotHolder
 from monitor.evaluation.windows import WindowSpec, evaluate_periods
@@ -36,6 +37,7 @@ from monitor.exporter import BinnedCounters
 from monitor.store.aggregates import aggregate_pending
 from monitor.store.coordination import load_snapshot, release_lease, save_snapshot, try_acquire_lease
 from monitor.store.engine import READ_ONLY
+from monitor.store.events import append_event
 from monitor.store.ingest import reconcile_pending
 from monitor.store.queries import all_active_calibrators
 from monitor.store.schema import pending_feedback, predictions, sketch_bins
@@ -81,6 +83,7 @@ class Scheduler:
         )
         self.windows = [WindowSpec(name, parse_duration(name)) for name in settings.evaluation.windows]
         cfg = settings.evaluation
+        self.policy = DriftPolicy(settings.drift_for)
         self.rolling = RollingWindows(
             [(w.name, w.seconds) for w in self.windows], cfg.bucket_seconds, cfg.fine_bins, cfg.reload_seconds
         )
@@ -209,7 +212,23 @@ class Scheduler:
             for m in sorted(models)
             if not any(model == m for model, _ in served)
         ]
-        snapshot = Snapshot(now, stats, calibrators)
+        active, drift_events = self.policy.observe(stats, now)
+        drift = [{"model": m, "segment": s, "kind": k, "active": a} for (m, s, k), a in active.items()]
+        snapshot = Snapshot(now, stats, calibrators, drift)
+        if drift_events:
+            with self.engine.begin() as conn:
+                for event in drift_events:
+                    append_event(conn, "drift_detected", now, event.payload(), event.model, event.segment)
+            for event in drift_events:
+                log.warning(
+                    "drift detected",
+                    extra={
+                        "model": event.model,
+                        "segment": event.segment,
+                        "kind": event.kind,
+                        "actionable": event.actionable,
+                    },
+                )
         self.holder.set(snapshot)
         self.metrics.last_evaluation.set(now)
         self.published()

@@ -36,6 +36,7 @@ from monitor.config import Scope, Settings
 from monitor.evaluation.snapshot import SnapshotHolder
 from monitor.evaluation.windows import WindowStats
 from monitor.store.engine import READ_ONLY
+from monitor.store.events import list_events
 from monitor.store.ingest import apply_feedback, insert_predictions
 from monitor.store.migrate import current_revision, head_revision
 from monitor.store.queries import ModelCounts, active_calibrators, model_counts
@@ -332,6 +333,16 @@ def create_app(
             )
         return JSONResponse({**_window_summary(stats), "evaluated_at": snapshot.created_at,
                              "bins": stats.reliability, "histogram": stats.histogram})  # fmt: skip
+
+    @app.get("/v1/events", dependencies=[Depends(require("read"))], summary="The event log, newest first")
+    def get_events(
+        model: str | None = None, kind: str | None = None, limit: int = 100, before_id: int | None = None
+    ) -> Response:
+        if not 1 <= limit <= 1000:
+            return _error(422, "limit must lie in [1, 1000]", "limit")
+        with engine.connect().execution_options(**READ_ONLY) as conn:
+            found = list_events(conn, model, kind, limit, before_id)
+        return JSONResponse({"events": found})
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus_metrics(request: Request) -> Response:

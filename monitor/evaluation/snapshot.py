@@ -18,6 +18,7 @@ class Snapshot:
     created_at: float
     stats: list[WindowStats] = field(default_factory=list)
     calibrators: list[dict[str, Any]] = field(default_factory=list)
+    drift: list[dict[str, Any]] = field(default_factory=list)  # {model, segment, kind, active}
 
     def for_model(self, model: str) -> list[WindowStats]:
         return [s for s in self.stats if s.model == model]
@@ -30,7 +31,7 @@ class Snapshot:
 
     def as_dict(self) -> dict[str, Any]:
         return {"created_at": self.created_at, "stats": [s.as_dict() for s in self.stats],
-                "calibrators": self.calibrators}  # fmt: skip
+                "calibrators": self.calibrators, "drift": self.drift}  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Snapshot:

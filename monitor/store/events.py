@@ -1,0 +1,63 @@
+"""The append-only event log (drift_detected, recalibration_* ...): write and page through it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, insert, select
+
+from monitor.store.schema import events
+
+
+def append_event(
+    conn: Connection,
+    kind: str,
+    ts: float,
+    payload: dict[str, Any],
+    model: str | None = None,
+    segment: str | None = None,
+    calibrator_id: int | None = None,
+) -> int:
+    result = conn.execute(
+        insert(events)
+        .values(
+            kind=kind,
+            ts=ts,
+            model=model,
+            segment=segment,
+            calibrator_id=calibrator_id,
+            payload=orjson.dumps(payload).decode(),
+        )
+        .returning(events.c.id)
+    )
+    return int(result.scalar_one())
+
+
+def list_events(
+    conn: Connection,
+    model: str | None = None,
+    kind: str | None = None,
+    limit: int = 100,
+    before_id: int | None = None,
+) -> list[dict[str, Any]]:
+    """Newest first; page with ``before_id`` (the smallest id of the previous page)."""
+    query = select(events).order_by(events.c.id.desc()).limit(limit)
+    if model is not None:
+        query = query.where(events.c.model == model)
+    if kind is not None:
+        query = query.where(events.c.kind == kind)
+    if before_id is not None:
+        query = query.where(events.c.id < before_id)
+    return [
+        {
+            "id": r.id,
+            "ts": r.ts,
+            "kind": r.kind,
+            "model": r.model,
+            "segment": r.segment,
+            "calibrator_id": r.calibrator_id,
+            "payload": orjson.loads(r.payload),
+        }
+        for r in conn.execute(query)
+    ]
