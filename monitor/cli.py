@@ -1,4 +1,4 @@
-"""``calmon`` command line: serve, check-config, db upgrade/current, rebuild-aggregates."""
+"""``calmon`` command line: serve, check-config, db, rebuild-aggregates, calibrators list|show|rollback."""
 
 from __future__ import annotations
 
@@ -30,6 +30,18 @@ def _parser() -> argparse.ArgumentParser:
 
     rebuild = sub.add_parser("rebuild-aggregates", help="recompute every sketch bucket from raw rows")
     rebuild.add_argument("--database-url")
+
+    recal = sub.add_parser("recalibrate", help="fit, gate and promote (or refuse) a calibrator now")
+    recal.add_argument("model")
+    recal.add_argument("--segment", default="*", help="a segment, or * for the model-wide calibrator")
+    recal.add_argument("--dry-run", action="store_true", help="decide and report, write nothing")
+    recal.add_argument("--database-url")
+
+    cal = sub.add_parser("calibrators", help="the calibrator registry")
+    cal.add_argument("action", choices=["list", "show", "rollback"])
+    cal.add_argument("id", nargs="?", type=int, help="calibrator id (show, rollback)")
+    cal.add_argument("--model")
+    cal.add_argument("--database-url")
 
     db = sub.add_parser("db", help="schema migrations")
     db.add_argument("action", choices=["upgrade", "current"])
@@ -86,9 +98,76 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             engine.dispose()
         return 0
+    if args.command == "recalibrate":
+        from monitor.recalibration.job import recalibrate
+        from monitor.recalibration.report import markdown
+        from monitor.store.engine import create_store_engine
+        from monitor.store.migrate import upgrade
+
+        engine = create_store_engine(settings.url(), settings.database)
+        try:
+            upgrade(engine)
+            outcome = recalibrate(engine, settings, args.model, args.segment, "manual", args.dry_run)
+        finally:
+            engine.dispose()
+        print(markdown(outcome.report) if outcome.report else f"{outcome.outcome}: {outcome.reason}")
+        return 1 if outcome.outcome == "failed" else 0
+    if args.command == "calibrators":
+        return _calibrators(args, settings)
     if args.command == "serve":
         from monitor.app import serve
 
         serve(settings)
         return 0
     return 2
+
+
+def _calibrators(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    import orjson
+
+    from monitor.store import calibrators as registry
+    from monitor.store.engine import create_store_engine
+    from monitor.store.events import append_event
+    from monitor.store.migrate import upgrade
+
+    if args.action in ("show", "rollback") and args.id is None:
+        print(f"calmon: calibrators {args.action} needs a calibrator id", file=sys.stderr)
+        return 2
+    engine = create_store_engine(settings.url(), settings.database)
+    try:
+        upgrade(engine)
+        with engine.begin() as conn:
+            if args.action == "list":
+                for r in registry.list_all(conn, args.model):
+                    head = f"{r.id:>6}  {r.model}  {r.segment}  v{r.version}  {r.method:<11} {r.status:<9}"
+                    print(f"{head} {r.reason}")
+                return 0
+            if args.action == "show":
+                record = registry.get(conn, args.id)
+                if record is None:
+                    print(f"calmon: no calibrator {args.id}", file=sys.stderr)
+                    return 1
+                print(orjson.dumps(record.as_dict(), option=orjson.OPT_INDENT_2).decode())
+                return 0
+            now = time.time()
+            try:
+                rolled, restored = registry.rollback(conn, args.id, now)
+            except (LookupError, ValueError) as exc:
+                print(f"calmon: {exc}", file=sys.stderr)
+                return 1
+            append_event(
+                conn,
+                "calibrator_rolled_back",
+                now,
+                {"rolled_back": rolled.as_dict(), "restored": restored.as_dict() if restored else None},
+                rolled.model,
+                rolled.segment,
+                rolled.id,
+            )
+            target = f"version {restored.version}" if restored else "the model-wide calibrator or identity"
+            print(f"rolled back {rolled.model}/{rolled.segment} v{rolled.version}; now serving {target}")
+            return 0
+    finally:
+        engine.dispose()

@@ -78,6 +78,14 @@ class RecalibrationConfig(_Section):
     methods: list[Method] = Field(default_factory=lambda: list(METHODS), min_length=1)
     schedule: str | None = None
     max_rows: int = Field(200_000, ge=100)
+    serving_refresh_seconds: float = Field(10.0, gt=0)  # bound on how long a promotion takes to serve
+    min_rows: int = Field(1000, ge=20)  # labelled rows needed; a segment below it falls back to model-wide
+    validation_fraction: float = Field(0.4, gt=0, lt=1)  # the newest rows, by prediction time
+    ece_margin: float = Field(0.005, ge=0)
+    brier_tolerance: float = Field(1e-4, ge=0)
+    auroc_tolerance: float = Field(0.005, ge=0)
+    bootstrap_draws: int = Field(500, ge=50)
+    on_drift: bool = True  # recalibrate when calibration drift becomes active
 
 
 class ModelDriftOverride(_Section):

@@ -26,13 +26,15 @@ from typing import Any
 
 import orjson
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import Engine, and_, delete, or_, select
 
+from monitor.collector.serving import RegistryScorer
 from monitor.config import Settings, parse_duration
-from monitor.evaluation.policy import DriftPolicy
+from monitor.evaluation.policy import DriftEvent, DriftPolicy
 from monitor.evaluation.rolling import RollingWindows
 from monitor.evaluation.snapshot import Snapshot, SnapshotHolder
-from monitor.evaluation.windows import WindowSpec, evaluate_periods
+from monitor.evaluation.windows import ALL_SEGMENTS, WindowSpec, evaluate_periods
 from monitor.exporter import BinnedCounters
 from monitor.store.aggregates import aggregate_pending
 from monitor.store.coordination import load_snapshot, release_lease, save_snapshot, try_acquire_lease
@@ -45,6 +47,7 @@ from monitor.telemetry import ServiceMetrics
 
 log = logging.getLogger("calmon.scheduler")
 LEASE = "scheduler"
+RECALIBRATE_ON = ("calibration", "calibration_test")
 SNAPSHOT = "evaluation"
 DAY = 86400.0
 
@@ -63,6 +66,8 @@ class Scheduler:
         binned: BinnedCounters,
         clock: Callable[[], float] = time.time,
         published: Callable[[], None] = lambda: None,
+        scorer: RegistryScorer | None = None,
+        recalibrate: Callable[..., Any] | None = None,
     ):
         self.engine = engine
         self.settings = settings
@@ -71,6 +76,8 @@ class Scheduler:
         self.binned = binned
         self.clock = clock
         self.published = published  # called after each new snapshot (renders the exposition)
+        self.scorer = scorer  # refreshed on every replica: promotions reach ingest within the interval
+        self.recalibrate = recalibrate  # (model, segment, trigger) -> Outcome; None: no automatic runs
         self.instance_id = settings.scheduler.instance_id or default_instance_id()
         self.is_leader = False
         self._scheduler = BackgroundScheduler(
@@ -124,6 +131,20 @@ class Scheduler:
             seconds=max(1.0, self.settings.evaluation.interval_seconds / 2),
             id="snapshot-refresh",
         )
+        if self.recalibrate is not None and self.settings.recalibration.schedule:
+            trigger = CronTrigger.from_crontab(self.settings.recalibration.schedule, timezone="UTC")
+            add(
+                self._guard("recalibrate-scheduled", self.recalibrate_all),
+                trigger,
+                id="recalibrate-scheduled",
+            )
+        if self.scorer is not None:
+            add(
+                self._guard("calibrators-refresh", self.refresh_calibrators, leader_only=False),
+                "interval",
+                seconds=self.settings.recalibration.serving_refresh_seconds,
+                id="calibrators-refresh",
+            )
         self._scheduler.start()
         log.info("scheduler started", extra={"instance": self.instance_id})
 
@@ -232,6 +253,9 @@ class Scheduler:
         self.holder.set(snapshot)
         self.metrics.last_evaluation.set(now)
         self.published()
+        if self.recalibrate is not None and self.settings.recalibration.on_drift:
+            for model, segment in drift_targets(drift_events):
+                self.recalibrate(model, segment, "drift")
         with self.engine.begin() as conn:
             save_snapshot(conn, SNAPSHOT, now, orjson.dumps(snapshot.as_dict()).decode())
         return snapshot
@@ -248,6 +272,17 @@ class Scheduler:
             self.holder.set(snapshot)
             self.metrics.last_evaluation.set(snapshot.created_at)
             self.published()
+
+    def recalibrate_all(self) -> None:
+        snapshot = self.holder.get()
+        if self.recalibrate is None or snapshot is None:
+            return
+        for model in sorted({s.model for s in snapshot.stats}):
+            self.recalibrate(model, "*", "schedule")
+
+    def refresh_calibrators(self) -> None:
+        if self.scorer is not None:
+            self.scorer.refresh(self.engine, self.clock())
 
     def reconcile_once(self) -> int:
         with self.engine.begin() as conn:
@@ -283,6 +318,16 @@ class Scheduler:
                 delete(sketch_bins).where(sketch_bins.c.bucket_start < now - cfg.sketch_days * DAY)
             ).rowcount
         return total
+
+
+def drift_targets(events: list[DriftEvent]) -> list[tuple[str, str]]:
+    """The series to recalibrate for this tick's drift events: one run per drifting series (the
+    policy's cooldown keeps it to one per episode), only for calibration kinds (a label-free shift
+    alone cannot be fitted), and when a model drifts model-wide, only the model-wide run: its
+    segments are judged again against the fix instead of racing it."""
+    drifting = {(e.model, e.segment) for e in events if e.kind in RECALIBRATE_ON}
+    model_wide = {model for model, segment in drifting if segment == ALL_SEGMENTS}
+    return sorted((m, s) for m, s in drifting if s == ALL_SEGMENTS or m not in model_wide)
 
 
 def _now() -> datetime:

@@ -142,3 +142,21 @@ def test_overconfident_model_raises_drift_events_and_gauge(
     labels = {"segment": "*", "kind": "calibration"}
     assert sample("calmon_drift_detected", exposition, model="overconfident", **labels) == 1.0
     assert sample("calmon_drift_detected", exposition, model="honest", **labels) == 0.0
+
+
+def test_drift_targets_prefer_the_model_wide_run() -> None:
+    from monitor.evaluation.policy import DriftEvent
+    from monitor.scheduler import drift_targets
+
+    def event(model: str, segment: str, kind: str = "calibration") -> DriftEvent:
+        return DriftEvent(model, segment, kind, True, 2)
+
+    events = [
+        event("a", "*"),
+        event("a", "x"),
+        event("a", "x", "calibration_test"),
+        event("b", "y"),
+        event("c", "z", "confidence_shift"),
+        event("d", "*", "raw_calibration"),
+    ]
+    assert drift_targets(events) == [("a", "*"), ("b", "y")]

@@ -23,6 +23,7 @@ from monitor import __version__
 from monitor.calibration.sequence import Aggregation
 from monitor.collector.auth import Authenticator, AuthError
 from monitor.collector.schemas import (
+    CalibrateBatch,
     ErrorResponse,
     FeedbackBatch,
     FeedbackResponse,
@@ -30,13 +31,20 @@ from monitor.collector.schemas import (
     PredictionResponse,
     Rejection,
 )
-from monitor.collector.serving import IdentityScorer, Scorer
-from monitor.collector.validation import BatchError, parse_body, prepare_feedback, prepare_predictions
+from monitor.collector.serving import IdentityScorer, RegistryScorer, Scorer
+from monitor.collector.validation import (
+    BatchError,
+    parse_body,
+    prepare_calibration,
+    prepare_feedback,
+    prepare_predictions,
+)
 from monitor.config import Scope, Settings
 from monitor.evaluation.snapshot import SnapshotHolder
 from monitor.evaluation.windows import WindowStats
+from monitor.store import calibrators as calibrator_store
 from monitor.store.engine import READ_ONLY
-from monitor.store.events import list_events
+from monitor.store.events import append_event, list_events
 from monitor.store.ingest import apply_feedback, insert_predictions
 from monitor.store.migrate import current_revision, head_revision
 from monitor.store.queries import ModelCounts, active_calibrators, model_counts
@@ -91,6 +99,8 @@ def create_app(
     metrics: ServiceMetrics | None = None,
     snapshots: SnapshotHolder | None = None,
     render_metrics: Callable[[], bytes] | None = None,
+    recalibrate: Callable[..., Any] | None = None,
+    load_report: Callable[[int], tuple[dict[str, Any], str] | None] | None = None,
 ) -> FastAPI:
     """Assemble the API over an engine whose schema is already migrated.
 
@@ -331,8 +341,122 @@ def create_app(
             return _error(
                 404, f"no data for model {model!r}, segment {segment!r} in window {window}", "model"
             )
-        return JSONResponse({**_window_summary(stats), "evaluated_at": snapshot.created_at,
-                             "bins": stats.reliability, "histogram": stats.histogram})  # fmt: skip
+        return JSONResponse(
+            {
+                **_window_summary(stats),
+                "evaluated_at": snapshot.created_at,
+                "bins": stats.reliability,
+                "histogram": stats.histogram,
+            }
+        )
+
+    @app.post(
+        "/v1/calibrate",
+        dependencies=[Depends(require("ingest"))],
+        responses={
+            400: {"model": ErrorResponse},
+            413: {"model": ErrorResponse},
+            422: {"model": ErrorResponse},
+        },
+        summary="Calibrate scores without logging them (for pipelines that log elsewhere)",
+    )
+    async def post_calibrate(request: Request) -> Response:
+        body = await read_body(request, limits.max_body_bytes)
+        return await run_in_threadpool(_calibrate, body)
+
+    def _calibrate(body: bytes) -> Response:
+        items = parse_body(body, "records", limits)
+        prepared, rejected = prepare_calibration(items, limits, aggregation_for)
+        if rejected and not prepared:
+            raise BatchError(422, rejected[0].field, "every record was rejected", rejected)
+        results = []
+        for index, record, raw in prepared:
+            values, version = scorer.score(record.model, record.segment, [raw])
+            results.append(
+                {
+                    "index": index,
+                    "raw_confidence": raw,
+                    "calibrated_confidence": values[0],
+                    "calibrator_version": version,
+                }
+            )
+        return JSONResponse({"results": results, "rejected": [r.model_dump() for r in rejected]})
+
+    @app.get("/v1/calibrators", dependencies=[Depends(require("read"))], summary="Every calibrator version")
+    def get_calibrators(model: str | None = None) -> Response:
+        with engine.connect().execution_options(**READ_ONLY) as conn:
+            records = calibrator_store.list_all(conn, model)
+        return JSONResponse({"calibrators": [r.as_dict() for r in records]})
+
+    @app.get(
+        "/v1/calibrators/{calibrator_id}",
+        dependencies=[Depends(require("read"))],
+        responses={404: {"model": ErrorResponse}},
+        summary="One calibrator version",
+    )
+    def get_calibrator(calibrator_id: int) -> Response:
+        with engine.connect().execution_options(**READ_ONLY) as conn:
+            record = calibrator_store.get(conn, calibrator_id)
+        if record is None:
+            return _error(404, f"no calibrator {calibrator_id}", "calibrator_id")
+        return JSONResponse(record.as_dict())
+
+    @app.post(
+        "/v1/calibrators/{calibrator_id}/rollback",
+        dependencies=[Depends(require("admin"))],
+        responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
+        summary="Retire an active calibrator and re-activate the version before it",
+    )
+    def post_rollback(calibrator_id: int) -> Response:
+        now = clock()
+        try:
+            with engine.begin() as conn:
+                rolled, restored = calibrator_store.rollback(conn, calibrator_id, now)
+                append_event(
+                    conn,
+                    "calibrator_rolled_back",
+                    now,
+                    {"rolled_back": rolled.as_dict(), "restored": restored.as_dict() if restored else None},
+                    rolled.model,
+                    rolled.segment,
+                    rolled.id,
+                )
+        except LookupError as exc:
+            return _error(404, str(exc), "calibrator_id")
+        except ValueError as exc:
+            return _error(409, str(exc), "calibrator_id")
+        if isinstance(scorer, RegistryScorer):
+            scorer.refresh(engine, now)  # this replica at once; the others within the refresh interval
+        return JSONResponse(
+            {"rolled_back": rolled.as_dict(), "restored": restored.as_dict() if restored else None}
+        )
+
+    @app.post(
+        "/v1/models/{model}/recalibrate",
+        dependencies=[Depends(require("admin"))],
+        responses={422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+        summary="Run a recalibration now (fit, gate, promote or refuse) and return its decision",
+    )
+    def post_recalibrate(model: str, segment: str = "*", dry_run: bool = False) -> Response:
+        if recalibrate is None:
+            return _error(503, "recalibration is not available in this process", "model")
+        outcome = recalibrate(model, segment, "manual", dry_run)
+        status = 422 if outcome.outcome == "failed" else 200
+        return JSONResponse(outcome.as_dict(), status_code=status)
+
+    @app.get(
+        "/v1/calibrators/{calibrator_id}/report",
+        dependencies=[Depends(require("read"))],
+        responses={404: {"model": ErrorResponse}},
+        summary="The decision report of the recalibration that wrote this calibrator (JSON or Markdown)",
+    )
+    def get_report(calibrator_id: int, format: str = "json") -> Response:
+        found = load_report(calibrator_id) if load_report is not None else None
+        if found is None:
+            return _error(404, f"no report for calibrator {calibrator_id}", "calibrator_id")
+        if format == "markdown":
+            return Response(found[1], media_type="text/markdown; charset=utf-8")
+        return JSONResponse(found[0])
 
     @app.get("/v1/events", dependencies=[Depends(require("read"))], summary="The event log, newest first")
     def get_events(
@@ -367,7 +491,10 @@ def create_app(
             return _error(503, f"schema at revision {revision}, expected {expected}; run `calmon db upgrade`")
         return JSONResponse({"status": "ready", "schema_revision": revision})
 
-    _document_bodies(app, {"/v1/predictions": PredictionBatch, "/v1/feedback": FeedbackBatch})
+    _document_bodies(
+        app,
+        {"/v1/predictions": PredictionBatch, "/v1/feedback": FeedbackBatch, "/v1/calibrate": CalibrateBatch},
+    )
     return app
 
 

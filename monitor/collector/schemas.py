@@ -40,6 +40,23 @@ class PredictionIn(_Record):
     # form anyway: a Python model validator here costs ~20% of ingest validation time.
 
 
+class CalibrateIn(_Record):
+    """A score to calibrate without logging it: exactly one of confidence, probs, logits, token_logprobs."""
+
+    model: Name
+    segment: Name = "default"
+    confidence: StrictFloat | None = None
+    probs: list[StrictFloat] | None = None
+    logits: list[StrictFloat] | None = None
+    token_logprobs: list[StrictFloat] | None = None
+    predicted: Label | None = None
+
+
+class CalibrateBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    records: list[CalibrateIn]
+
+
 class FeedbackIn(_Record):
     """Ground truth for one prediction: ``correct`` or a ``label`` compared with the predicted one."""
 

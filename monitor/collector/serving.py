@@ -1,15 +1,26 @@
 """Calibration applied at ingest. A Scorer maps raw confidences of one (model, segment) to calibrated ones.
 
-Only the identity exists until the recalibration registry lands; the collector depends on this
-protocol, not on where calibrators come from.
+``RegistryScorer`` serves the active calibrators of the registry: the segment's own, else the
+model-wide one (segment ``*``), else the identity. Its table is replaced atomically by ``refresh``,
+which the scheduler runs on every replica every ``recalibration.serving_refresh_seconds``: a
+promotion or rollback reaches every replica within that delay, and ingest itself never queries.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Protocol
 
+import numpy as np
+from sqlalchemy import Engine
+
+from monitor.calibration.calibrators import Calibrator
+from monitor.store import calibrators as registry
+from monitor.store.engine import READ_ONLY
+
 IDENTITY_VERSION = "identity"
+MODEL_WIDE = "*"
 
 
 class Scorer(Protocol):
@@ -21,3 +32,31 @@ class Scorer(Protocol):
 class IdentityScorer:
     def score(self, model: str, segment: str, raw: Sequence[float]) -> tuple[list[float], str]:
         return list(raw), IDENTITY_VERSION
+
+
+class RegistryScorer:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._table: dict[tuple[str, str], tuple[str, Calibrator]] = {}
+        self.loaded_at: float | None = None
+
+    def refresh(self, engine: Engine, now: float) -> None:
+        with engine.connect().execution_options(**READ_ONLY) as conn:
+            records = registry.all_active(conn)
+            conn.rollback()
+        table = {(r.model, r.segment): (str(r.version), r.calibrator()) for r in records}
+        with self._lock:
+            self._table = table
+            self.loaded_at = now
+
+    def lookup(self, model: str, segment: str) -> tuple[str, Calibrator] | None:
+        with self._lock:
+            return self._table.get((model, segment)) or self._table.get((model, MODEL_WIDE))
+
+    def score(self, model: str, segment: str, raw: Sequence[float]) -> tuple[list[float], str]:
+        found = self.lookup(model, segment)
+        if found is None:
+            return list(raw), IDENTITY_VERSION
+        version, calibrator = found
+        calibrated = calibrator.transform(np.asarray(raw, dtype=np.float64))
+        return [float(v) for v in np.clip(calibrated, 0.0, 1.0)], version

@@ -18,7 +18,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from monitor.calibration.sequence import Aggregation, sequence_confidence, validate_token_logprobs
 from monitor.calibration.vectors import softmax_max, top_label, validate_logits, validate_probs
-from monitor.collector.schemas import CONFIDENCE_FIELDS, FeedbackIn, PredictionIn, Rejection
+from monitor.collector.schemas import CONFIDENCE_FIELDS, CalibrateIn, FeedbackIn, PredictionIn, Rejection
 from monitor.config import LimitsConfig
 from monitor.evaluation.windows import ALL_SEGMENTS
 from monitor.store.records import FeedbackItem, InputKind
@@ -197,6 +197,20 @@ def score_prediction(
     except ValueError as exc:
         raise _FieldError("ts", str(exc)) from None
 
+    kind, raw, predicted, vector = raw_confidence(record, predicted, limits, aggregation_for)
+    return ScoredInput(index, record.model, record.id, record.segment, ts, kind, raw, predicted, vector)
+
+
+def raw_confidence(
+    record: PredictionIn | CalibrateIn,
+    predicted: str | None,
+    limits: LimitsConfig,
+    aggregation_for: Callable[[str], Aggregation],
+) -> tuple[InputKind, float, str | None, bytes | None]:
+    """The one given confidence form reduced to (kind, raw confidence, predicted label, stored vector).
+
+    Raises ``_FieldError`` naming the field.
+    """
     given = [name for name in CONFIDENCE_FIELDS if getattr(record, name) is not None]
     if len(given) != 1:
         field = given[1] if given else "confidence"
@@ -240,7 +254,7 @@ def score_prediction(
         raw = sequence_confidence(values, aggregation_for(record.model))
     if not math.isfinite(raw):
         raise _FieldError(kind, "does not yield a finite confidence")
-    return ScoredInput(index, record.model, record.id, record.segment, ts, kind, raw, predicted, vector)
+    return kind, raw, predicted, vector
 
 
 def _check_length(field: str, values: Sequence[float], limits: LimitsConfig) -> None:
@@ -306,3 +320,24 @@ def prepare_feedback(
 
 PREDICTIONS: TypeAdapter[list[PredictionIn]] = TypeAdapter(list[PredictionIn])
 FEEDBACK: TypeAdapter[list[FeedbackIn]] = TypeAdapter(list[FeedbackIn])
+
+
+CALIBRATE: TypeAdapter[list[CalibrateIn]] = TypeAdapter(list[CalibrateIn])
+
+
+def prepare_calibration(
+    items: list[Any], limits: LimitsConfig, aggregation_for: Callable[[str], Aggregation]
+) -> tuple[list[tuple[int, CalibrateIn, float]], list[Rejection]]:
+    """Valid records with their raw confidence, and one Rejection per invalid record."""
+    valid, rejected = validate_records(items, CALIBRATE, CalibrateIn)
+    prepared: list[tuple[int, CalibrateIn, float]] = []
+    for index, record in valid:
+        try:
+            predicted = None if record.predicted is None else str(record.predicted)
+            _, raw, _, _ = raw_confidence(record, predicted, limits, aggregation_for)
+        except _FieldError as exc:
+            rejected.append(Rejection(index=index, field=exc.field, error=exc.message))
+            continue
+        prepared.append((index, record, raw))
+    rejected.sort(key=lambda r: r.index)
+    return prepared, rejected

@@ -177,3 +177,13 @@ snapshots = Table(
     Column("created_at", Float(precision=53), nullable=False),
     Column("body", Text, nullable=False),  # JSON
 )
+
+# One decision report per recalibration run that wrote a calibrator (JSON and Markdown).
+calibrator_reports = Table(
+    "calibrator_reports",
+    metadata,
+    Column("calibrator_id", BigId, ForeignKey("calibrators.id"), primary_key=True),
+    Column("created_at", Float(precision=53), nullable=False),
+    Column("body_json", Text, nullable=False),
+    Column("body_markdown", Text, nullable=False),
+)

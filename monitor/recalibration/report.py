@@ -1,0 +1,122 @@
+"""Decision reports: what was tried, the numbers, the gate's checks, the decision and why."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from monitor.calibration import metrics
+from monitor.calibration.calibrators import Calibrator
+from monitor.calibration.selection import Candidate, GateDecision, Split
+
+
+def reliability_rows(
+    calibrator: Calibrator, confidence: np.ndarray, correct: np.ndarray, n_bins: int
+) -> list[dict[str, Any]]:
+    return metrics.reliability_table(calibrator.transform(confidence), correct, n_bins).rows()
+
+
+def build(
+    *,
+    model: str,
+    segment: str,
+    trigger: str,
+    now: float,
+    fit_window: tuple[float, float],
+    split: Split,
+    candidates: list[Candidate],
+    chosen: Candidate | None,
+    active_label: str,
+    active: Calibrator,
+    decision: GateDecision | None,
+    outcome: str,
+    reason: str,
+    fallback_from: str | None,
+    n_bins: int,
+) -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "model": model,
+        "segment": segment,
+        "trigger": trigger,
+        "created_at": now,
+        "outcome": outcome,
+        "reason": reason,
+        "fallback_from_segment": fallback_from,
+        "data": {
+            "fit_start": fit_window[0],
+            "fit_end": fit_window[1],
+            "fit_rows": int(split.fit_confidence.size),
+            "validation_rows": int(split.val_confidence.size),
+            "split": "by prediction time: fit on the older rows, validate on the newest",
+        },
+        "active": active_label,
+        "candidates": [c.as_dict() for c in candidates],
+        "chosen": chosen.method if chosen else None,
+        "gate": decision.as_dict() if decision else None,
+    }
+    if chosen is not None and chosen.calibrator is not None:
+        report["reliability_before"] = reliability_rows(
+            active, split.val_confidence, split.val_correct, n_bins
+        )
+        report["reliability_after"] = reliability_rows(
+            chosen.calibrator, split.val_confidence, split.val_correct, n_bins
+        )
+    return report
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
+
+
+def markdown(report: dict[str, Any]) -> str:
+    data = report["data"]
+    lines = [
+        f"# Recalibration of {report['model']} / {report['segment']}: {report['outcome']}",
+        "",
+        f"**Decision:** {report['outcome']} — {report['reason']}",
+        f"**Trigger:** {report['trigger']}. **Serving before:** {report['active']}.",
+    ]
+    if report["fallback_from_segment"]:
+        lines.append(
+            f"Segment {report['fallback_from_segment']!r} had too few labels; fitted model-wide instead."
+        )
+    lines += [
+        "",
+        "## Data",
+        f"{data['fit_rows']} rows fitted, {data['validation_rows']} validated ({data['split']}).",
+        "",
+        "## Candidates (validation)",
+        "| method | ECE | NLL | Brier | AUROC | rank | error |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for c in report["candidates"]:
+        v = c["validation"] or {}
+        lines.append(
+            f"| {c['method']} | {_fmt(v.get('ece'))} | {_fmt(v.get('nll'))} | {_fmt(v.get('brier'))} | "
+            f"{_fmt(v.get('auroc'))} | {_fmt(c['rank'])} | {c['error'] or ''} |"
+        )
+    gate = report["gate"]
+    if gate:
+        lines += ["", f"## Gate: {report['chosen']} against the serving calibrator", ""]
+        lines += [
+            f"- {'PASS' if c['passed'] else 'FAIL'} **{c['name']}**: {c['detail']}" for c in gate["checks"]
+        ]
+    if "reliability_after" in report:
+        lines += [
+            "",
+            "## Reliability on the validation rows (before -> after)",
+            "",
+            "| bin | count | confidence before | accuracy | confidence after | accuracy after |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        after = {r["bin"]: r for r in report["reliability_after"]}
+        for b in report["reliability_before"]:
+            a = after.get(b["bin"], {})
+            if b["count"] or a.get("count"):
+                lines.append(
+                    f"| {b['lower']:.2f}-{b['upper']:.2f} | {b['count']}/{a.get('count', 0)} | "
+                    f"{_fmt(b['mean_confidence'])} | {_fmt(b['accuracy'])} | "
+                    f"{_fmt(a.get('mean_confidence'))} | {_fmt(a.get('accuracy'))} |"
+                )
+    return "\n".join(lines) + "\n"

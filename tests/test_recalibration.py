@@ -1,0 +1,211 @@
+"""Recalibration on real miscalibrated predictions: promote, refuse with reasons, fall back, report,
+and the drift-triggered loop (drift -> recalibration -> calibrated ECE below threshold for new data)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+from sklearn.naive_bayes import GaussianNB
+from sqlalchemy import Engine
+
+from monitor.calibration.metrics import expected_calibration_error
+from monitor.collector.api import create_app
+from monitor.collector.serving import RegistryScorer
+from monitor.config import Settings
+from monitor.recalibration.job import load_report, recalibrate
+from monitor.store import calibrators as store
+from monitor.store.events import list_events
+from tests.helpers import counts
+from tests.test_scheduler import Clock, build, sample
+
+NOW = 1_800_000_000.0
+
+
+def digits_stream(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Top-label confidence and correctness of an overconfident GaussianNB on scikit-learn's digits."""
+    X, y = load_digits(return_X_y=True)
+    X_train, X_rest, y_train, y_rest = train_test_split(X, y, train_size=0.2, random_state=seed, stratify=y)
+    proba = GaussianNB().fit(X_train, y_train).predict_proba(X_rest)
+    return proba.max(1), (proba.argmax(1) == y_rest)
+
+
+def overconfident_stream(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """One model throughout: true probability q, reported sigmoid(2.5 logit q) (overconfident).
+
+    Large on purpose: with n ~ 500 the 15-bin ECE of a *perfect* model is itself ~0.05 (see
+    docs/architecture.md), so "below the 0.05 threshold" needs thousands of new predictions.
+    """
+    rng = np.random.default_rng(seed)
+    q = rng.uniform(0.3, 0.97, n)
+    reported = 1.0 / (1.0 + np.exp(-2.5 * np.log(q / (1 - q))))
+    return reported, rng.random(n) < q
+
+
+def ingest(
+    client: TestClient,
+    p: np.ndarray,
+    correct: np.ndarray,
+    start: int,
+    model: str = "nb",
+    segment: str = "default",
+    t0: float = NOW - 3000,
+) -> list[dict[str, Any]]:
+    records = [
+        {
+            "model": model,
+            "id": f"{model}-{start + i}",
+            "segment": segment,
+            "confidence": float(v),
+            "ts": t0 + i,
+        }
+        for i, v in enumerate(p)
+    ]
+    response = client.post("/v1/predictions", json={"predictions": records})
+    assert response.status_code == 200, response.text
+    feedback = [
+        {"model": model, "id": f"{model}-{start + i}", "correct": bool(c)} for i, c in enumerate(correct)
+    ]
+    assert client.post("/v1/feedback", json={"feedback": feedback}).json()["matched"] == len(p)
+    return list(response.json()["results"])
+
+
+@pytest.fixture
+def labelled(engine: Engine, make_settings: Callable[..., Settings]) -> Settings:
+    settings = make_settings()
+    p, correct = digits_stream()
+    with TestClient(create_app(settings, engine, clock=lambda: NOW)) as client:
+        ingest(client, p, correct, 0)
+    return settings
+
+
+def test_manual_recalibration_promotes_and_reports(engine: Engine, labelled: Settings) -> None:
+    outcome = recalibrate(engine, labelled, "nb", now=NOW)
+    assert outcome.outcome == "promoted", outcome.reason
+    with engine.connect() as conn:
+        active = store.active(conn, "nb", "*")
+        kinds = [e["kind"] for e in list_events(conn, model="nb")]
+    assert active is not None and active.id == outcome.calibrator_id and active.version == 1
+    assert kinds == ["calibrator_promoted", "recalibration_started"]
+    report, md = load_report(engine, outcome.calibrator_id)  # type: ignore[arg-type,misc]
+    assert report["outcome"] == "promoted" and report["data"]["validation_rows"] > 500
+    assert {c["method"] for c in report["candidates"]} == {
+        "temperature",
+        "platt",
+        "isotonic",
+        "histogram",
+        "beta",
+    }
+    assert [c["name"] for c in report["gate"]["checks"]] == [
+        "ece_improves",
+        "ece_improvement_ci",
+        "brier_not_worse",
+        "auroc_kept",
+    ]
+    before = sum(r["count"] for r in report["reliability_before"])
+    assert before == sum(r["count"] for r in report["reliability_after"]) == report["data"]["validation_rows"]
+    assert "**Decision:** promoted" in md and "PASS **ece_improves**" in md and "| isotonic |" in md
+
+
+def test_a_worse_candidate_is_refused_with_reasons_and_the_active_stays(
+    engine: Engine, labelled: Settings
+) -> None:
+    first = recalibrate(engine, labelled, "nb", now=NOW)
+    assert first.outcome == "promoted"
+    again = recalibrate(engine, labelled, "nb", trigger="manual", now=NOW + 1)  # same data: nothing to gain
+    assert again.outcome == "rejected"
+    assert "reject: failed ece_improves" in again.reason
+    with engine.connect() as conn:
+        assert store.active(conn, "nb", "*").id == first.calibrator_id  # type: ignore[union-attr]
+        refused = store.get(conn, again.calibrator_id)  # type: ignore[arg-type]
+        event = list_events(conn, kind="calibrator_rejected")[0]
+    assert refused is not None and refused.status == "rejected" and refused.version == 2
+    failing = [c for c in event["payload"]["checks"] if not c["passed"]]
+    assert failing[0]["name"] == "ece_improves" and "margin" in failing[0]["detail"]
+
+
+def test_sparse_segment_falls_back_to_model_wide_and_dry_run_writes_nothing(
+    engine: Engine, labelled: Settings
+) -> None:
+    dry = recalibrate(engine, labelled, "nb", segment="rare", dry_run=True, now=NOW)
+    assert dry.outcome == "dry_run" and dry.segment == "*" and dry.report["fallback_from_segment"] == "rare"
+    with engine.connect() as conn:
+        assert store.list_all(conn) == [] and list_events(conn) == []
+    failed = recalibrate(engine, labelled, "unknown-model", now=NOW)
+    assert failed.outcome == "failed" and "fewer than recalibration.min_rows" in failed.reason
+    with engine.connect() as conn:
+        assert list_events(conn, kind="recalibration_failed")[0]["model"] == "unknown-model"
+
+
+def test_recalibrate_route_and_report_route(engine: Engine, labelled: Settings) -> None:
+    runs: list[tuple[Any, ...]] = []
+
+    def run(model: str, segment: str, trigger: str, dry_run: bool) -> Any:
+        runs.append((model, segment, trigger, dry_run))
+        return recalibrate(engine, labelled, model, segment, trigger, dry_run, now=NOW)
+
+    app = create_app(
+        labelled, engine, clock=lambda: NOW, recalibrate=run, load_report=lambda i: load_report(engine, i)
+    )
+    with TestClient(app) as client:
+        body = client.post("/v1/models/nb/recalibrate", params={"dry_run": "true"}).json()
+        assert body["outcome"] == "dry_run" and counts(engine)["predictions"] > 0
+        body = client.post("/v1/models/nb/recalibrate").json()
+        assert body["outcome"] == "promoted"
+        report = client.get(f"/v1/calibrators/{body['calibrator_id']}/report").json()
+        assert report["calibrator_id"] == body["calibrator_id"] and report["version"] == "1"
+        md = client.get(f"/v1/calibrators/{body['calibrator_id']}/report", params={"format": "markdown"})
+        assert md.headers["content-type"].startswith("text/markdown") and md.text.startswith(
+            "# Recalibration"
+        )
+        assert client.get("/v1/calibrators/999/report").status_code == 404
+        assert client.post("/v1/models/empty/recalibrate").status_code == 422
+    assert runs[0] == ("nb", "*", "manual", True)
+
+
+def test_drift_triggers_recalibration_and_new_predictions_are_calibrated(
+    engine: Engine, make_settings: Callable[..., Settings]
+) -> None:
+    clock = Clock(NOW)
+    settings = make_settings(drift={"consecutive": 2, "min_labelled": 500})
+    parts = build(engine, settings, clock, "replica-loop")
+    scheduler, exposition = parts["scheduler"], parts["exposition"]
+    scorer = RegistryScorer()
+    outcomes: list[Any] = []
+
+    def run(model: str, segment: str, trigger: str, dry_run: bool = False) -> Any:
+        outcome = recalibrate(engine, settings, model, segment, trigger, dry_run, now=clock.now)
+        outcomes.append(outcome)
+        scorer.refresh(engine, clock.now)
+        return outcome
+
+    scheduler.recalibrate = run
+    p_old, c_old = overconfident_stream(3000, seed=0)
+    p_new, c_new = overconfident_stream(3000, seed=1)
+    app = create_app(settings, engine, scorer=scorer, clock=clock)
+    with TestClient(app) as client:
+        ingest(client, p_old, c_old, 0)  # the overconfident model, labels arriving
+        scheduler.renew_lease()
+        scheduler.evaluate_once()
+        assert outcomes == []  # one crossing is not drift yet
+        clock.now += 60
+        scheduler.evaluate_once()
+        assert [(o.outcome, o.segment) for o in outcomes] == [("promoted", "*")]  # exactly one run
+        clock.now += 60
+        scheduler.evaluate_once()
+        assert len(outcomes) == 1  # the drift episode is in cooldown: no second run
+        results = ingest(client, p_new, c_new, 10_000, t0=clock.now - 3500)
+    calibrated = np.array([r["calibrated_confidence"] for r in results])
+    assert {r["calibrator_version"] for r in results} == {"1"}
+    raw_ece = expected_calibration_error(p_new, c_new)
+    new_ece = expected_calibration_error(calibrated, c_new)
+    assert raw_ece > 0.1 and new_ece < settings.drift.ece_threshold, (raw_ece, new_ece)
+    with engine.connect() as conn:
+        kinds = [e["kind"] for e in list_events(conn, model="nb")]
+    assert "drift_detected" in kinds and "calibrator_promoted" in kinds
+    assert sample("calmon_drift_detected", exposition, model="nb", segment="*", kind="calibration") == 1.0
