@@ -42,6 +42,7 @@ bench: $(STAMP) services
 	$(PY) benchmarks/ingest.py --out benchmarks/RESULTS.md
 	$(PY) benchmarks/calibration.py --out benchmarks/RESULTS.md
 	$(PY) benchmarks/evaluation.py --out benchmarks/RESULTS.md
+	$(PY) benchmarks/recalibration.py --out benchmarks/RESULTS.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,15 +19,20 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 
 from monitor.collector.api import create_app
+from monitor.collector.serving import RegistryScorer
 from monitor.config import Settings, mask_url
 from monitor.evaluation.snapshot import SnapshotHolder
 from monitor.exporter import BinnedCounters, Exposition
+from monitor.notify import Notifier
+from monitor.recalibration.job import Outcome, load_report, recalibrate
+from monitor.recalibration.report import svg as reliability_svg
 from monitor.scheduler import Scheduler
 from monitor.store.engine import create_store_engine
 from monitor.store.migrate import upgrade
 from monitor.telemetry import ServiceMetrics
 
 log = logging.getLogger("calmon.app")
+OUTCOME_EVENTS = {"promoted": "calibrator_promoted", "rejected": "calibrator_rejected"}
 
 
 class _Server(uvicorn.Server):
@@ -52,10 +58,12 @@ class Daemon:
     app: FastAPI
     scheduler: Scheduler
     registry: CollectorRegistry
+    notifier: Notifier
 
 
 def build(settings: Settings) -> Daemon:
-    """Migrated engine, the API, the scheduler and the exporter, sharing one registry and snapshot."""
+    """Migrated engine, the API, the scheduler, the exporter and the notifier, sharing one registry,
+    one snapshot and one calibrator table."""
     engine = create_store_engine(settings.url(), settings.database)
     upgrade(engine)
     registry = CollectorRegistry()
@@ -64,16 +72,48 @@ def build(settings: Settings) -> Daemon:
     caps = {m: c.max_segments for m, c in settings.models.items() if c.max_segments}
     binned = BinnedCounters(settings.evaluation.ece_bins, caps, settings.evaluation.max_segments)
     exposition = Exposition(registry, holder, binned)
-    scheduler = Scheduler(engine, settings, holder, metrics, binned, published=exposition.refresh)
+    scorer = RegistryScorer()
+    scorer.refresh(engine, time.time())  # serve the active calibrators from the first request on
+    notifier = Notifier(settings.notifications, metrics)
+
+    def run_recalibration(
+        model: str, segment: str = "*", trigger: str = "manual", dry_run: bool = False
+    ) -> Outcome:
+        outcome = recalibrate(engine, settings, model, segment, trigger, dry_run)
+        if not dry_run:
+            metrics.recalibrations.labels(outcome.outcome).inc()
+            if outcome.outcome == "promoted":
+                scorer.refresh(engine, time.time())  # this replica at once; the others at their refresh
+            kind = OUTCOME_EVENTS.get(outcome.outcome, "recalibration_failed")
+            payload = {"trigger": trigger, "reason": outcome.reason, "calibrator_id": outcome.calibrator_id}
+            notifier.notify(kind, outcome.model, outcome.segment, payload)
+        return outcome
+
+    scheduler = Scheduler(
+        engine,
+        settings,
+        holder,
+        metrics,
+        binned,
+        published=exposition.refresh,
+        scorer=scorer,
+        recalibrate=run_recalibration,
+        notify=notifier.notify,
+    )
     app = create_app(
         settings,
         engine,
+        scorer=scorer,
         registry=registry,
         metrics=metrics,
         snapshots=holder,
         render_metrics=exposition.render,
+        recalibrate=run_recalibration,
+        load_report=lambda calibrator_id: load_report(engine, calibrator_id),
+        notify=notifier.notify,
+        render_svg=reliability_svg,
     )
-    return Daemon(engine, app, scheduler, registry)
+    return Daemon(engine, app, scheduler, registry, notifier)
 
 
 def serve(settings: Settings) -> None:
@@ -92,6 +132,7 @@ def serve(settings: Settings) -> None:
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
         server_header=False,
     )
+    daemon.notifier.start()
     if settings.scheduler.enabled:
         daemon.scheduler.start()
     try:
@@ -99,5 +140,6 @@ def serve(settings: Settings) -> None:
     finally:
         if settings.scheduler.enabled:
             daemon.scheduler.shutdown()
+        daemon.notifier.stop()
         daemon.engine.dispose()
         log.info("calmon stopped")

@@ -151,13 +151,26 @@ class AuthConfig(_Section):
 
 
 class NotificationConfig(_Section):
+    """One receiver. ``events`` lists the event kinds it wants (empty: all)."""
+
     kind: Literal["webhook", "slack", "email"]
     url: SecretStr | None = None
     events: list[str] = Field(default_factory=list)
     smtp_host: str | None = None
-    smtp_port: int = 25
+    smtp_port: int = Field(25, ge=1, le=65535)
     sender: str | None = None
     recipients: list[str] = Field(default_factory=list)
+    max_attempts: int = Field(5, ge=1)
+    backoff_seconds: float = Field(1.0, ge=0)  # doubles after every failed attempt
+    timeout_seconds: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _complete(self) -> NotificationConfig:
+        if self.kind in ("webhook", "slack") and self.url is None:
+            raise ValueError(f"a {self.kind} notification needs 'url'")
+        if self.kind == "email" and not (self.smtp_host and self.sender and self.recipients):
+            raise ValueError("an email notification needs 'smtp_host', 'sender' and 'recipients'")
+        return self
 
 
 class RetentionConfig(_Section):

@@ -68,6 +68,7 @@ class Scheduler:
         published: Callable[[], None] = lambda: None,
         scorer: RegistryScorer | None = None,
         recalibrate: Callable[..., Any] | None = None,
+        notify: Callable[[str, str | None, str | None, dict[str, Any]], None] = lambda *args: None,
     ):
         self.engine = engine
         self.settings = settings
@@ -78,6 +79,7 @@ class Scheduler:
         self.published = published  # called after each new snapshot (renders the exposition)
         self.scorer = scorer  # refreshed on every replica: promotions reach ingest within the interval
         self.recalibrate = recalibrate  # (model, segment, trigger) -> Outcome; None: no automatic runs
+        self.notify = notify
         self.instance_id = settings.scheduler.instance_id or default_instance_id()
         self.is_leader = False
         self._scheduler = BackgroundScheduler(
@@ -241,6 +243,7 @@ class Scheduler:
                 for event in drift_events:
                     append_event(conn, "drift_detected", now, event.payload(), event.model, event.segment)
             for event in drift_events:
+                self.notify("drift_detected", event.model, event.segment, event.payload())
                 log.warning(
                     "drift detected",
                     extra={

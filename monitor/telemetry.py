@@ -42,6 +42,12 @@ class ServiceMetrics:
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
             registry=registry,
         )
+        self.notifications = Counter(
+            "calmon_notifications",
+            "Notification deliveries by receiver kind and final outcome",
+            ["kind", "outcome"],
+            registry=registry,
+        )
         self.last_evaluation = Gauge(
             "calmon_last_evaluation_timestamp_seconds",
             "When the snapshot served here was computed",

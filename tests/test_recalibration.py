@@ -19,6 +19,7 @@ from monitor.collector.api import create_app
 from monitor.collector.serving import RegistryScorer
 from monitor.config import Settings
 from monitor.recalibration.job import load_report, recalibrate
+from monitor.recalibration.report import svg
 from monitor.store import calibrators as store
 from monitor.store.events import list_events
 from tests.helpers import counts
@@ -150,7 +151,12 @@ def test_recalibrate_route_and_report_route(engine: Engine, labelled: Settings) 
         return recalibrate(engine, labelled, model, segment, trigger, dry_run, now=NOW)
 
     app = create_app(
-        labelled, engine, clock=lambda: NOW, recalibrate=run, load_report=lambda i: load_report(engine, i)
+        labelled,
+        engine,
+        clock=lambda: NOW,
+        recalibrate=run,
+        load_report=lambda i: load_report(engine, i),
+        render_svg=svg,
     )
     with TestClient(app) as client:
         body = client.post("/v1/models/nb/recalibrate", params={"dry_run": "true"}).json()
@@ -164,6 +170,9 @@ def test_recalibrate_route_and_report_route(engine: Engine, labelled: Settings) 
             "# Recalibration"
         )
         assert client.get("/v1/calibrators/999/report").status_code == 404
+        picture = client.get(f"/v1/calibrators/{body['calibrator_id']}/report", params={"format": "svg"})
+        assert picture.headers["content-type"] == "image/svg+xml"
+        assert picture.text.startswith("<svg") and picture.text.count("<circle") >= 4
         assert client.post("/v1/models/empty/recalibrate").status_code == 422
     assert runs[0] == ("nb", "*", "manual", True)
 

@@ -101,6 +101,8 @@ def create_app(
     render_metrics: Callable[[], bytes] | None = None,
     recalibrate: Callable[..., Any] | None = None,
     load_report: Callable[[int], tuple[dict[str, Any], str] | None] | None = None,
+    notify: Callable[[str, str | None, str | None, dict[str, Any]], None] | None = None,
+    render_svg: Callable[[dict[str, Any]], str] = lambda report: "",
 ) -> FastAPI:
     """Assemble the API over an engine whose schema is already migrated.
 
@@ -427,9 +429,10 @@ def create_app(
             return _error(409, str(exc), "calibrator_id")
         if isinstance(scorer, RegistryScorer):
             scorer.refresh(engine, now)  # this replica at once; the others within the refresh interval
-        return JSONResponse(
-            {"rolled_back": rolled.as_dict(), "restored": restored.as_dict() if restored else None}
-        )
+        result = {"rolled_back": rolled.as_dict(), "restored": restored.as_dict() if restored else None}
+        if notify is not None:
+            notify("calibrator_rolled_back", rolled.model, rolled.segment, result)
+        return JSONResponse(result)
 
     @app.post(
         "/v1/models/{model}/recalibrate",
@@ -456,6 +459,8 @@ def create_app(
             return _error(404, f"no report for calibrator {calibrator_id}", "calibrator_id")
         if format == "markdown":
             return Response(found[1], media_type="text/markdown; charset=utf-8")
+        if format == "svg":
+            return Response(render_svg(found[0]), media_type="image/svg+xml")
         return JSONResponse(found[0])
 
     @app.get("/v1/events", dependencies=[Depends(require("read"))], summary="The event log, newest first")
