@@ -20,7 +20,7 @@ from tests.support.receivers import HttpReceiver, SmtpReceiver
 LOOP = """
 evaluation: {interval_seconds: 1, windows: [1h, 24h], bootstrap_draws: 200}
 drift: {consecutive: 2, min_labelled: 500, cooldown_seconds: 3600}
-recalibration: {serving_refresh_seconds: 1, bootstrap_draws: 300}
+recalibration: {serving_refresh_seconds: 1, bootstrap_draws: 300, max_rows: 3000}
 scheduler: {lease_ttl_seconds: 3}
 logging: {access_log: false}
 """
@@ -32,7 +32,7 @@ def overconfident(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return 1.0 / (1.0 + np.exp(-2.5 * np.log(q / (1 - q)))), rng.random(n) < q
 
 
-def send(url: str, p: np.ndarray, correct: np.ndarray, prefix: str) -> list[dict[str, Any]]:
+def send_predictions(url: str, p: np.ndarray, prefix: str) -> list[dict[str, Any]]:
     now = time.time()
     records = [
         {"model": "loop", "id": f"{prefix}{i}", "confidence": float(v), "ts": now - 1 - i * 0.1}
@@ -40,9 +40,24 @@ def send(url: str, p: np.ndarray, correct: np.ndarray, prefix: str) -> list[dict
     ]
     response = httpx.post(f"{url}/v1/predictions", json={"predictions": records}, timeout=60)
     assert response.status_code == 200
+    return list(response.json()["results"])
+
+
+def send_labels(url: str, correct: np.ndarray, prefix: str) -> None:
     feedback = [{"model": "loop", "id": f"{prefix}{i}", "correct": bool(c)} for i, c in enumerate(correct)]
     assert httpx.post(f"{url}/v1/feedback", json={"feedback": feedback}, timeout=60).status_code == 200
-    return list(response.json()["results"])
+
+
+def send(url: str, p: np.ndarray, correct: np.ndarray, prefix: str) -> list[dict[str, Any]]:
+    results = send_predictions(url, p, prefix)
+    send_labels(url, correct, prefix)
+    return results
+
+
+def calibrated_stream(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    p = rng.uniform(0.3, 0.97, n)
+    return p, rng.random(n) < p
 
 
 def events(url: str, kind: str) -> list[dict[str, Any]]:
@@ -84,9 +99,22 @@ def test_drift_to_promotion_on_a_real_daemon_with_notifications(
     daemon = Daemon(f"sqlite:///{tmp_path / 'loop.db'}", config=config, log_path=tmp_path / "daemon.log")
     try:
         daemon.wait_healthy()
-        p, c = overconfident(3000, seed=0)
-        first = send(daemon.base_url, p, c, "old")
+        # 1. the model starts well calibrated: several ticks, no drift
+        p_good, c_good = calibrated_stream(2000, seed=5)
+        first = send(daemon.base_url, p_good, c_good, "good")
         assert {r["calibrator_version"] for r in first} == {"identity"}
+        time.sleep(3)
+        assert events(daemon.base_url, "drift_detected") == []
+        # 2. its confidences turn overconfident; the labels are late: no calibration drift without them
+        p, c = overconfident(3000, seed=0)
+        send_predictions(daemon.base_url, p, "old")
+        time.sleep(3)
+        assert not any(
+            e["payload"]["kind"] == "calibration" for e in events(daemon.base_url, "drift_detected")
+        )
+        assert events(daemon.base_url, "calibrator_promoted") == []
+        # 3. the labels arrive: drift, one recalibration, promotion
+        send_labels(daemon.base_url, c, "old")
         promoted = wait_for_event(daemon.base_url, "calibrator_promoted")
         assert promoted[0]["payload"]["version"] == "1"
         kinds = {e["payload"]["kind"] for e in events(daemon.base_url, "drift_detected")}
