@@ -86,6 +86,7 @@ class RecalibrationConfig(_Section):
     auroc_tolerance: float = Field(0.005, ge=0)
     bootstrap_draws: int = Field(500, ge=50)
     on_drift: bool = True  # recalibrate when calibration drift becomes active
+    min_logit_rows: int = Field(200, ge=10)  # rows with stored logits and a class label to fit on full logits
 
 
 class ModelDriftOverride(_Section):

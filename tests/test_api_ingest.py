@@ -160,7 +160,7 @@ def test_health_and_openapi(client: TestClient) -> None:
 
 
 def test_stored_vectors_round_trip() -> None:
-    from monitor.collector.validation import pack_vector, unpack_vector
+    from monitor.store.vectors import pack_vector, unpack_vector
 
     values = [0.1, -2.5, 3.25, 1e-3]
     assert unpack_vector(pack_vector(values)) == pytest.approx(values, rel=1e-6)  # float32 storage

@@ -218,3 +218,51 @@ def test_drift_triggers_recalibration_and_new_predictions_are_calibrated(
         kinds = [e["kind"] for e in list_events(conn, model="nb")]
     assert "drift_detected" in kinds and "calibrator_promoted" in kinds
     assert sample("calmon_drift_detected", exposition, model="nb", segment="*", kind="calibration") == 1.0
+
+
+def test_temperature_is_fitted_on_stored_logits_and_served_on_them(
+    engine: Engine, make_settings: Callable[..., Settings]
+) -> None:
+    """Multi-class logits that are 2.5x too sharp, with label feedback naming the true class."""
+    from scipy.special import softmax
+
+    from monitor.calibration.calibrators import TemperatureScaling
+
+    settings = make_settings(recalibration={"methods": ["temperature", "platt"], "min_rows": 1000})
+    rng = np.random.default_rng(3)
+    n, classes = 4000, 5
+    logits = rng.normal(0, 3, size=(n, classes))
+    truth = np.array([rng.choice(classes, p=row) for row in softmax(logits / 2.5, axis=1)])
+    scorer = RegistryScorer()
+    with TestClient(create_app(settings, engine, scorer=scorer, clock=lambda: NOW)) as client:
+        records = [
+            {"model": "mc", "id": f"m{i}", "logits": z.tolist(), "ts": NOW - 4000 + i}
+            for i, z in enumerate(logits)
+        ]
+        assert client.post("/v1/predictions", json={"predictions": records}).status_code == 200
+        feedback = [{"model": "mc", "id": f"m{i}", "label": str(t)} for i, t in enumerate(truth)]
+        assert client.post("/v1/feedback", json={"feedback": feedback}).json()["matched"] == n
+        outcome = recalibrate(engine, settings, "mc", now=NOW)
+        temperature = next(c for c in outcome.report["candidates"] if c["method"] == "temperature")
+        assert temperature["params"]["mode"] == "logits"
+        assert temperature["params"]["temperature"] == pytest.approx(2.5, rel=0.1)
+        assert outcome.outcome == "promoted" and outcome.report["chosen"] == "temperature", outcome.reason
+        scorer.refresh(engine, NOW)
+        z = rng.normal(0, 3, size=classes)
+        served = client.post(
+            "/v1/calibrate",
+            json={
+                "records": [
+                    {"model": "mc", "logits": z.tolist()},
+                    {"model": "mc", "probs": softmax(z).tolist()},
+                    {"model": "mc", "confidence": 0.9},
+                ]
+            },
+        ).json()["results"]
+    fitted = TemperatureScaling.from_params(temperature["params"])
+    expected = fitted.transform_logits(z[None, :])[0]
+    assert served[0]["calibrated_confidence"] == pytest.approx(expected, rel=1e-5)  # on the logits
+    assert served[1]["calibrated_confidence"] == pytest.approx(expected, rel=1e-4)  # probs -> log-probs
+    assert served[2]["calibrated_confidence"] == pytest.approx(
+        float(fitted.transform([0.9])[0])
+    )  # scalar form

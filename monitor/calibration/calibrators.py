@@ -419,3 +419,24 @@ def make(method: str) -> Calibrator:
     if method not in CALIBRATORS:
         raise ValueError(f"unknown calibrator method {method!r}; known: {sorted(CALIBRATORS)}")
     return CALIBRATORS[method]()
+
+
+def calibrate_rows(
+    calibrator: Calibrator, confidence: ArrayLike, logits: list[FloatArray | None] | None = None
+) -> FloatArray:
+    """Calibrated confidences of rows that may carry their class logits.
+
+    A temperature fitted on full logits (mode ``logits``) is applied to each row's logits when it has
+    them (``max softmax(z / T)``); every other row, and every other calibrator, uses the scalar map
+    of the top-label confidence (for a logits-mode temperature: ``sigmoid(logit(p) / T)``).
+    """
+    p, _ = validate(confidence)
+    out = calibrator.transform(p)
+    if logits is None or not isinstance(calibrator, TemperatureScaling) or calibrator.mode != "logits":
+        return out
+    if len(logits) != p.size:
+        raise ValueError(f"logits has {len(logits)} rows, confidence {p.size}")
+    for i, z in enumerate(logits):
+        if z is not None:
+            out[i] = calibrator.transform_logits(np.asarray(z, dtype=np.float64)[None, :])[0]
+    return out

@@ -29,22 +29,29 @@ class Split:
     val_correct: FloatArray
 
 
+def time_split_indices(
+    timestamps: ArrayLike, validation_fraction: float = 0.3
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices to fit on (older) and to validate on (the newest ``validation_fraction``)."""
+    if not 0.0 < validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must lie in (0, 1), got {validation_fraction}")
+    ts = np.asarray(timestamps, dtype=np.float64)
+    if ts.size < 4:
+        raise ValueError(f"need at least 4 labelled predictions to split, got {ts.size}")
+    order = np.argsort(ts, kind="stable")
+    cut = min(max(round(ts.size * (1.0 - validation_fraction)), 2), ts.size - 2)
+    return order[:cut], order[cut:]
+
+
 def time_split(
     confidence: ArrayLike, correct: ArrayLike, timestamps: ArrayLike, validation_fraction: float = 0.3
 ) -> Split:
     """Fit on the older part, validate on the newest ``validation_fraction`` (by timestamp)."""
-    if not 0.0 < validation_fraction < 1.0:
-        raise ValueError(f"validation_fraction must lie in (0, 1), got {validation_fraction}")
     p, y = metrics.validate(confidence, correct)
     ts = np.asarray(timestamps, dtype=np.float64)
     if ts.shape != p.shape:
         raise ValueError(f"timestamps have shape {ts.shape}, confidence {p.shape}")
-    if p.size < 4:
-        raise ValueError(f"need at least 4 labelled predictions to split, got {p.size}")
-    order = np.argsort(ts, kind="stable")
-    cut = round(p.size * (1.0 - validation_fraction))
-    cut = min(max(cut, 2), p.size - 2)
-    fit, val = order[:cut], order[cut:]
+    fit, val = time_split_indices(ts, validation_fraction)
     return Split(p[fit], y[fit], p[val], y[val])
 
 
@@ -62,10 +69,15 @@ class Evaluation:
 
 
 def evaluate(
-    calibrator: Calibrator, confidence: ArrayLike, correct: ArrayLike, n_bins: int = 15
+    calibrator: Calibrator,
+    confidence: ArrayLike,
+    correct: ArrayLike,
+    n_bins: int = 15,
+    scores: ArrayLike | None = None,
 ) -> Evaluation:
+    """Validation metrics of ``calibrator`` (or of precomputed calibrated ``scores`` of the same rows)."""
     p, y = metrics.validate(confidence, correct)
-    q = calibrator.transform(p)
+    q = calibrator.transform(p) if scores is None else metrics.validate(scores)[0]
     return Evaluation(
         ece=metrics.expected_calibration_error(q, y, n_bins),
         nll=metrics.negative_log_likelihood(q, y),
@@ -177,13 +189,21 @@ def validation_gate(
     n_boot: int = 500,
     n_bins: int = 15,
     seed: int | np.random.Generator | None = 0,
+    active_scores: ArrayLike | None = None,
+    candidate_scores: ArrayLike | None = None,
 ) -> GateDecision:
-    """Decide on held-out data whether ``candidate`` should replace ``active``."""
+    """Decide on held-out data whether ``candidate`` should replace ``active``.
+
+    ``active_scores``/``candidate_scores``: the calibrated validation confidences when they do not
+    follow from ``transform(confidence)`` alone (a temperature applied to stored logits).
+    """
     p, y = metrics.validate(confidence, correct)
-    q_active = active.transform(p)
-    q_candidate = candidate.transform(p)
-    a = evaluate(active, p, y, n_bins)
-    c = evaluate(candidate, p, y, n_bins)
+    q_active = active.transform(p) if active_scores is None else metrics.validate(active_scores)[0]
+    q_candidate = (
+        candidate.transform(p) if candidate_scores is None else metrics.validate(candidate_scores)[0]
+    )
+    a = evaluate(active, p, y, n_bins, scores=q_active)
+    c = evaluate(candidate, p, y, n_bins, scores=q_candidate)
     low, high = _paired_ece_difference_ci(q_active, q_candidate, y, n_bins, level, n_boot, seed)
     improvement = a.ece - c.ece
     checks = [

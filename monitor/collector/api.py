@@ -208,7 +208,12 @@ def create_app(
         calibrated: list[float] = [0.0] * len(scored)
         versions: list[str] = [""] * len(scored)
         for (model, segment), positions in groups.items():
-            values, version = scorer.score(model, segment, [scored[p].raw_confidence for p in positions])
+            values, version = scorer.score(
+                model,
+                segment,
+                [scored[p].raw_confidence for p in positions],
+                [(scored[p].input_kind, scored[p].vector) for p in positions],
+            )
             for position, value in zip(positions, values, strict=True):
                 calibrated[position] = value
                 versions[position] = version
@@ -372,8 +377,8 @@ def create_app(
         if rejected and not prepared:
             raise BatchError(422, rejected[0].field, "every record was rejected", rejected)
         results = []
-        for index, record, raw in prepared:
-            values, version = scorer.score(record.model, record.segment, [raw])
+        for index, record, raw, kind, vector in prepared:
+            values, version = scorer.score(record.model, record.segment, [raw], [(kind, vector)])
             results.append(
                 {
                     "index": index,

@@ -15,22 +15,30 @@ from typing import Protocol
 import numpy as np
 from sqlalchemy import Engine
 
-from monitor.calibration.calibrators import Calibrator
+from monitor.calibration.calibrators import Calibrator, calibrate_rows
 from monitor.store import calibrators as registry
 from monitor.store.engine import READ_ONLY
+from monitor.store.vectors import logits_of
 
 IDENTITY_VERSION = "identity"
 MODEL_WIDE = "*"
 
 
+Vectors = Sequence[tuple[str, bytes | None]]  # per record: (input kind, stored float32 vector)
+
+
 class Scorer(Protocol):
-    def score(self, model: str, segment: str, raw: Sequence[float]) -> tuple[list[float], str]:
+    def score(
+        self, model: str, segment: str, raw: Sequence[float], vectors: Vectors | None = None
+    ) -> tuple[list[float], str]:
         """Calibrated confidences (same order) and the calibrator version that produced them."""
         ...
 
 
 class IdentityScorer:
-    def score(self, model: str, segment: str, raw: Sequence[float]) -> tuple[list[float], str]:
+    def score(
+        self, model: str, segment: str, raw: Sequence[float], vectors: Vectors | None = None
+    ) -> tuple[list[float], str]:
         return list(raw), IDENTITY_VERSION
 
 
@@ -53,10 +61,13 @@ class RegistryScorer:
         with self._lock:
             return self._table.get((model, segment)) or self._table.get((model, MODEL_WIDE))
 
-    def score(self, model: str, segment: str, raw: Sequence[float]) -> tuple[list[float], str]:
+    def score(
+        self, model: str, segment: str, raw: Sequence[float], vectors: Vectors | None = None
+    ) -> tuple[list[float], str]:
         found = self.lookup(model, segment)
         if found is None:
             return list(raw), IDENTITY_VERSION
         version, calibrator = found
-        calibrated = calibrator.transform(np.asarray(raw, dtype=np.float64))
+        logits = [logits_of(kind, vector) for kind, vector in vectors] if vectors is not None else None
+        calibrated = calibrate_rows(calibrator, np.asarray(raw, dtype=np.float64), logits)
         return [float(v) for v in np.clip(calibrated, 0.0, 1.0)], version

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
@@ -22,6 +21,7 @@ from monitor.collector.schemas import CONFIDENCE_FIELDS, CalibrateIn, FeedbackIn
 from monitor.config import LimitsConfig
 from monitor.evaluation.windows import ALL_SEGMENTS
 from monitor.store.records import FeedbackItem, InputKind
+from monitor.store.vectors import pack_vector
 
 Record = TypeVar("Record", bound=BaseModel)
 RESERVED_SEGMENT = ALL_SEGMENTS  # the model-wide series of every window
@@ -163,15 +163,6 @@ def parse_timestamp(value: str | float | None, now: float, limits: LimitsConfig)
     if ts > now + limits.max_future_skew_seconds:
         raise ValueError(f"timestamp is more than {limits.max_future_skew_seconds:g} s in the future")
     return ts
-
-
-def pack_vector(values: Sequence[float]) -> bytes:
-    """float32 little-endian: compact and exact enough for logits/probabilities."""
-    return struct.pack(f"<{len(values)}f", *values)
-
-
-def unpack_vector(blob: bytes) -> list[float]:
-    return list(struct.unpack(f"<{len(blob) // 4}f", blob))
 
 
 def score_prediction(
@@ -327,17 +318,17 @@ CALIBRATE: TypeAdapter[list[CalibrateIn]] = TypeAdapter(list[CalibrateIn])
 
 def prepare_calibration(
     items: list[Any], limits: LimitsConfig, aggregation_for: Callable[[str], Aggregation]
-) -> tuple[list[tuple[int, CalibrateIn, float]], list[Rejection]]:
-    """Valid records with their raw confidence, and one Rejection per invalid record."""
+) -> tuple[list[tuple[int, CalibrateIn, float, InputKind, bytes | None]], list[Rejection]]:
+    """Valid records with their raw confidence, input kind and vector; one Rejection per invalid one."""
     valid, rejected = validate_records(items, CALIBRATE, CalibrateIn)
-    prepared: list[tuple[int, CalibrateIn, float]] = []
+    prepared: list[tuple[int, CalibrateIn, float, InputKind, bytes | None]] = []
     for index, record in valid:
         try:
             predicted = None if record.predicted is None else str(record.predicted)
-            _, raw, _, _ = raw_confidence(record, predicted, limits, aggregation_for)
+            kind, raw, _, vector = raw_confidence(record, predicted, limits, aggregation_for)
         except _FieldError as exc:
             rejected.append(Rejection(index=index, field=exc.field, error=exc.message))
             continue
-        prepared.append((index, record, raw))
+        prepared.append((index, record, raw, kind, vector))
     rejected.sort(key=lambda r: r.index)
     return prepared, rejected

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,13 +18,15 @@ import numpy as np
 import orjson
 from sqlalchemy import Engine, insert, select
 
-from monitor.calibration.calibrators import Calibrator, IdentityCalibrator
+from monitor.calibration.calibrators import Calibrator, IdentityCalibrator, TemperatureScaling, calibrate_rows
 from monitor.calibration.selection import (
     Candidate,
     GateDecision,
+    Split,
+    evaluate,
     fit_candidates,
     select_best,
-    time_split,
+    time_split_indices,
     validation_gate,
 )
 from monitor.config import Settings
@@ -32,6 +35,7 @@ from monitor.store import calibrators as registry
 from monitor.store.engine import READ_ONLY
 from monitor.store.events import append_event
 from monitor.store.schema import calibrator_reports, predictions
+from monitor.store.vectors import logits_of
 
 log = logging.getLogger("calmon.recalibration")
 MODEL_WIDE = "*"
@@ -57,9 +61,34 @@ class Outcome:
         }
 
 
-def _rows(engine: Engine, model: str, segment: str, limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+@dataclass
+class _Rows:
+    """Recent labelled rows of one series, newest first."""
+
+    p: np.ndarray
+    y: np.ndarray
+    ts: np.ndarray
+    logits: list[np.ndarray | None]  # per row: class logits when stored (probs as log-probs)
+    labels: list[int | None]  # per row: the true class index when the label feedback names one
+
+
+def _class_index(label: str | None, classes: int) -> int | None:
+    if label is None or not label.isdigit():
+        return None
+    index = int(label)
+    return index if index < classes else None
+
+
+def _rows(engine: Engine, model: str, segment: str, limit: int) -> _Rows:
     query = (
-        select(predictions.c.raw_confidence, predictions.c.correct, predictions.c.ts)
+        select(
+            predictions.c.raw_confidence,
+            predictions.c.correct,
+            predictions.c.ts,
+            predictions.c.input_kind,
+            predictions.c.vector,
+            predictions.c.label,
+        )
         .where(predictions.c.model == model, predictions.c.correct.is_not(None))
         .order_by(predictions.c.ts.desc())
         .limit(limit)
@@ -69,10 +98,30 @@ def _rows(engine: Engine, model: str, segment: str, limit: int) -> tuple[np.ndar
     with engine.connect().execution_options(**READ_ONLY) as conn:
         rows = conn.execute(query).all()
         conn.rollback()
-    p = np.array([r[0] for r in rows], dtype=np.float64)
-    y = np.array([bool(r[1]) for r in rows], dtype=np.float64)
-    ts = np.array([r[2] for r in rows], dtype=np.float64)
-    return p, y, ts
+    logits = [logits_of(r.input_kind, r.vector) for r in rows]
+    return _Rows(
+        p=np.array([r[0] for r in rows], dtype=np.float64),
+        y=np.array([bool(r[1]) for r in rows], dtype=np.float64),
+        ts=np.array([r[2] for r in rows], dtype=np.float64),
+        logits=logits,
+        labels=[
+            _class_index(r.label, z.size) if z is not None else None
+            for r, z in zip(rows, logits, strict=True)
+        ],
+    )
+
+
+def _logit_temperature(data: _Rows, fit: np.ndarray, min_rows: int) -> TemperatureScaling | None:
+    """Temperature fitted on full logits, when enough fit rows carry logits and a class label."""
+    usable = [i for i in fit if data.logits[i] is not None and data.labels[i] is not None]
+    if not usable:
+        return None
+    classes = Counter(data.logits[i].size for i in usable).most_common(1)[0][0]
+    usable = [i for i in usable if data.logits[i].size == classes]
+    if len(usable) < min_rows:
+        return None
+    matrix = np.stack([data.logits[i] for i in usable])
+    return TemperatureScaling().fit_logits(matrix, np.array([data.labels[i] for i in usable]))
 
 
 def _serving(engine: Engine, model: str, segment: str) -> tuple[str, Calibrator]:
@@ -119,18 +168,35 @@ def _run(
 ) -> Outcome:
     cfg = settings.recalibration
     fallback_from = None
-    p, y, ts = _rows(engine, model, segment, cfg.max_rows)
-    if p.size < cfg.min_rows and segment != MODEL_WIDE:
+    data = _rows(engine, model, segment, cfg.max_rows)
+    if data.p.size < cfg.min_rows and segment != MODEL_WIDE:
         fallback_from, segment = segment, MODEL_WIDE
-        p, y, ts = _rows(engine, model, segment, cfg.max_rows)
-    if p.size < cfg.min_rows:
-        raise ValueError(f"{p.size} labelled predictions, fewer than recalibration.min_rows = {cfg.min_rows}")
-    split = time_split(p, y, ts, cfg.validation_fraction)
-    fit_window = (float(ts.min()), float(np.quantile(ts, 1.0 - cfg.validation_fraction)))
-    candidates: list[Candidate] = fit_candidates(list(cfg.methods), split, settings.evaluation.ece_bins)
+        data = _rows(engine, model, segment, cfg.max_rows)
+    if data.p.size < cfg.min_rows:
+        raise ValueError(
+            f"{data.p.size} labelled predictions, fewer than recalibration.min_rows = {cfg.min_rows}"
+        )
+    fit, val = time_split_indices(data.ts, cfg.validation_fraction)
+    split = Split(data.p[fit], data.y[fit], data.p[val], data.y[val])
+    val_logits = [data.logits[i] for i in val]
+    fit_window = (float(data.ts[fit].min()), float(data.ts[fit].max()))
+    n_bins = settings.evaluation.ece_bins
+    candidates: list[Candidate] = fit_candidates(list(cfg.methods), split, n_bins)
+    if "temperature" in cfg.methods:
+        # Temperature on full logits where stored (and labelled with a class), else on confidences.
+        on_logits = _logit_temperature(data, fit, cfg.min_logit_rows)
+        if on_logits is not None:
+            scores = calibrate_rows(on_logits, split.val_confidence, val_logits)
+            evaluation = evaluate(on_logits, split.val_confidence, split.val_correct, n_bins, scores=scores)
+            candidates = [
+                Candidate("temperature", on_logits, evaluation) if c.method == "temperature" else c
+                for c in candidates
+            ]
     chosen = select_best(candidates)
     active_label, active = _serving(engine, model, segment)
     assert chosen.calibrator is not None
+    before = calibrate_rows(active, split.val_confidence, val_logits)
+    after = calibrate_rows(chosen.calibrator, split.val_confidence, val_logits)
     decision: GateDecision = validation_gate(
         active,
         chosen.calibrator,
@@ -140,8 +206,10 @@ def _run(
         brier_tolerance=cfg.brier_tolerance,
         auroc_tolerance=cfg.auroc_tolerance,
         n_boot=cfg.bootstrap_draws,
-        n_bins=settings.evaluation.ece_bins,
+        n_bins=n_bins,
         seed=0,
+        active_scores=before,
+        candidate_scores=after,
     )
     outcome = "promoted" if decision.promote else "rejected"
     reason = f"{chosen.method}: {decision.summary()}"
@@ -160,7 +228,9 @@ def _run(
         outcome="dry_run" if dry_run else outcome,
         reason=reason,
         fallback_from=fallback_from,
-        n_bins=settings.evaluation.ece_bins,
+        n_bins=n_bins,
+        before_scores=before,
+        after_scores=after,
     )
     if dry_run:
         return Outcome("dry_run", model, segment, reason, None, report)
@@ -190,7 +260,7 @@ def _run(
             )
         )
         append_event(
-            conn, "recalibration_started", now, {"trigger": trigger, "rows": int(p.size)}, model, segment
+            conn, "recalibration_started", now, {"trigger": trigger, "rows": int(data.p.size)}, model, segment
         )
         append_event(
             conn,

@@ -11,10 +11,8 @@ from monitor.calibration.calibrators import Calibrator
 from monitor.calibration.selection import Candidate, GateDecision, Split
 
 
-def reliability_rows(
-    calibrator: Calibrator, confidence: np.ndarray, correct: np.ndarray, n_bins: int
-) -> list[dict[str, Any]]:
-    return metrics.reliability_table(calibrator.transform(confidence), correct, n_bins).rows()
+def reliability_rows(scores: np.ndarray, correct: np.ndarray, n_bins: int) -> list[dict[str, Any]]:
+    return metrics.reliability_table(scores, correct, n_bins).rows()
 
 
 def build(
@@ -34,6 +32,8 @@ def build(
     reason: str,
     fallback_from: str | None,
     n_bins: int,
+    before_scores: np.ndarray | None = None,
+    after_scores: np.ndarray | None = None,
 ) -> dict[str, Any]:
     report: dict[str, Any] = {
         "model": model,
@@ -55,13 +55,9 @@ def build(
         "chosen": chosen.method if chosen else None,
         "gate": decision.as_dict() if decision else None,
     }
-    if chosen is not None and chosen.calibrator is not None:
-        report["reliability_before"] = reliability_rows(
-            active, split.val_confidence, split.val_correct, n_bins
-        )
-        report["reliability_after"] = reliability_rows(
-            chosen.calibrator, split.val_confidence, split.val_correct, n_bins
-        )
+    if before_scores is not None and after_scores is not None:
+        report["reliability_before"] = reliability_rows(before_scores, split.val_correct, n_bins)
+        report["reliability_after"] = reliability_rows(after_scores, split.val_correct, n_bins)
     return report
 
 
