@@ -223,7 +223,6 @@ def _run(
         candidates=candidates,
         chosen=chosen,
         active_label=active_label,
-        active=active,
         decision=decision,
         outcome="dry_run" if dry_run else outcome,
         reason=reason,

@@ -7,7 +7,6 @@ from typing import Any
 import numpy as np
 
 from monitor.calibration import metrics
-from monitor.calibration.calibrators import Calibrator
 from monitor.calibration.selection import Candidate, GateDecision, Split
 
 
@@ -26,7 +25,6 @@ def build(
     candidates: list[Candidate],
     chosen: Candidate | None,
     active_label: str,
-    active: Calibrator,
     decision: GateDecision | None,
     outcome: str,
     reason: str,
