@@ -129,7 +129,6 @@ def _calibrators(args: argparse.Namespace, settings: Settings) -> int:
 
     from monitor.store import calibrators as registry
     from monitor.store.engine import create_store_engine
-    from monitor.store.events import append_event
     from monitor.store.migrate import upgrade
 
     if args.action in ("show", "rollback") and args.id is None:
@@ -157,15 +156,6 @@ def _calibrators(args: argparse.Namespace, settings: Settings) -> int:
             except (LookupError, ValueError) as exc:
                 print(f"calmon: {exc}", file=sys.stderr)
                 return 1
-            append_event(
-                conn,
-                "calibrator_rolled_back",
-                now,
-                {"rolled_back": rolled.as_dict(), "restored": restored.as_dict() if restored else None},
-                rolled.model,
-                rolled.segment,
-                rolled.id,
-            )
             target = f"version {restored.version}" if restored else "the model-wide calibrator or identity"
             print(f"rolled back {rolled.model}/{rolled.segment} v{rolled.version}; now serving {target}")
             return 0

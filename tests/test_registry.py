@@ -50,6 +50,8 @@ def test_versions_activation_and_rollback(engine: Engine) -> None:
         assert restored is None and store.active(conn, "m", "*") is None  # back to the identity
         with pytest.raises(LookupError):
             store.rollback(conn, 999, now=6.0)
+        recorded = list_events(conn, kind="calibrator_rolled_back")  # every rollback leaves its event
+        assert [e["calibrator_id"] for e in recorded] == [first.id, second.id]
         rejected = store.create(conn, "m", "*", SHRINK, 7.0, status="rejected", reason="gate failed")
         assert rejected.version == 3 and rejected.status == "rejected"
 

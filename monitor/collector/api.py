@@ -44,7 +44,7 @@ from monitor.evaluation.snapshot import SnapshotHolder
 from monitor.evaluation.windows import WindowStats
 from monitor.store import calibrators as calibrator_store
 from monitor.store.engine import READ_ONLY
-from monitor.store.events import append_event, list_events
+from monitor.store.events import list_events
 from monitor.store.ingest import apply_feedback, insert_predictions
 from monitor.store.migrate import current_revision, head_revision
 from monitor.store.queries import ModelCounts, active_calibrators, model_counts
@@ -419,15 +419,6 @@ def create_app(
         try:
             with engine.begin() as conn:
                 rolled, restored = calibrator_store.rollback(conn, calibrator_id, now)
-                append_event(
-                    conn,
-                    "calibrator_rolled_back",
-                    now,
-                    {"rolled_back": rolled.as_dict(), "restored": restored.as_dict() if restored else None},
-                    rolled.model,
-                    rolled.segment,
-                    rolled.id,
-                )
         except LookupError as exc:
             return _error(404, str(exc), "calibrator_id")
         except ValueError as exc:

@@ -14,6 +14,7 @@ import orjson
 from sqlalchemy import Connection, func, insert, select, update
 
 from monitor.calibration.calibrators import Calibrator, from_dict
+from monitor.store.events import append_event
 from monitor.store.schema import calibrators
 
 
@@ -146,7 +147,8 @@ def activate(conn: Connection, calibrator_id: int, now: float, reason: str) -> C
 def rollback(
     conn: Connection, calibrator_id: int, now: float
 ) -> tuple[CalibratorRecord, CalibratorRecord | None]:
-    """Retire the active ``calibrator_id`` and re-activate the version that was active before it.
+    """Retire the active ``calibrator_id``, re-activate the version that was active before it, and
+    record a ``calibrator_rolled_back`` event, all in the caller's transaction.
 
     Returns (rolled back, restored); restored is None when there was no earlier active version, in
     which case the series falls back to the model-wide calibrator, then to the identity.
@@ -180,4 +182,6 @@ def rollback(
         restored = get(conn, earlier.id)
     rolled = get(conn, current.id)
     assert rolled is not None
+    payload = {"rolled_back": rolled.as_dict(), "restored": restored.as_dict() if restored else None}
+    append_event(conn, "calibrator_rolled_back", now, payload, rolled.model, rolled.segment, rolled.id)
     return rolled, restored
