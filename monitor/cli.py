@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import yaml
+from sqlalchemy import Engine
 
 from monitor import __version__
 from monitor.config import ConfigError, Settings, load_settings
@@ -86,30 +88,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "rebuild-aggregates":
         from monitor.store.aggregates import rebuild
-        from monitor.store.engine import create_store_engine
-        from monitor.store.migrate import upgrade
 
-        engine = create_store_engine(settings.url(), settings.database)
-        try:
-            upgrade(engine)
-            with engine.begin() as conn:
-                rows = rebuild(conn, settings.evaluation.bucket_seconds, settings.evaluation.fine_bins)
-            print(f"rebuilt sketch buckets from {rows} prediction rows")
-        finally:
-            engine.dispose()
+        with _migrated_engine(settings) as engine, engine.begin() as conn:
+            rows = rebuild(conn, settings.evaluation.bucket_seconds, settings.evaluation.fine_bins)
+        print(f"rebuilt sketch buckets from {rows} prediction rows")
         return 0
     if args.command == "recalibrate":
         from monitor.recalibration.job import recalibrate
         from monitor.recalibration.report import markdown
-        from monitor.store.engine import create_store_engine
-        from monitor.store.migrate import upgrade
 
-        engine = create_store_engine(settings.url(), settings.database)
-        try:
-            upgrade(engine)
+        with _migrated_engine(settings) as engine:
             outcome = recalibrate(engine, settings, args.model, args.segment, "manual", args.dry_run)
-        finally:
-            engine.dispose()
         print(markdown(outcome.report) if outcome.report else f"{outcome.outcome}: {outcome.reason}")
         return 1 if outcome.outcome == "failed" else 0
     if args.command == "calibrators":
@@ -122,42 +111,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
+@contextmanager
+def _migrated_engine(settings: Settings) -> Iterator[Engine]:
+    """An engine on a schema at head for one offline command, disposed afterwards."""
+    from monitor.store.engine import create_store_engine
+    from monitor.store.migrate import upgrade
+
+    engine = create_store_engine(settings.url(), settings.database)
+    try:
+        upgrade(engine)
+        yield engine
+    finally:
+        engine.dispose()
+
+
 def _calibrators(args: argparse.Namespace, settings: Settings) -> int:
     import time
 
     import orjson
 
     from monitor.store import calibrators as registry
-    from monitor.store.engine import create_store_engine
-    from monitor.store.migrate import upgrade
 
     if args.action in ("show", "rollback") and args.id is None:
         print(f"calmon: calibrators {args.action} needs a calibrator id", file=sys.stderr)
         return 2
-    engine = create_store_engine(settings.url(), settings.database)
-    try:
-        upgrade(engine)
-        with engine.begin() as conn:
-            if args.action == "list":
-                for r in registry.list_all(conn, args.model):
-                    head = f"{r.id:>6}  {r.model}  {r.segment}  v{r.version}  {r.method:<11} {r.status:<9}"
-                    print(f"{head} {r.reason}")
-                return 0
-            if args.action == "show":
-                record = registry.get(conn, args.id)
-                if record is None:
-                    print(f"calmon: no calibrator {args.id}", file=sys.stderr)
-                    return 1
-                print(orjson.dumps(record.as_dict(), option=orjson.OPT_INDENT_2).decode())
-                return 0
-            now = time.time()
-            try:
-                rolled, restored = registry.rollback(conn, args.id, now)
-            except (LookupError, ValueError) as exc:
-                print(f"calmon: {exc}", file=sys.stderr)
-                return 1
-            target = f"version {restored.version}" if restored else "the model-wide calibrator or identity"
-            print(f"rolled back {rolled.model}/{rolled.segment} v{rolled.version}; now serving {target}")
+    with _migrated_engine(settings) as engine, engine.begin() as conn:
+        if args.action == "list":
+            for r in registry.list_all(conn, args.model):
+                head = f"{r.id:>6}  {r.model}  {r.segment}  v{r.version}  {r.method:<11} {r.status:<9}"
+                print(f"{head} {r.reason}")
             return 0
-    finally:
-        engine.dispose()
+        if args.action == "show":
+            record = registry.get(conn, args.id)
+            if record is None:
+                print(f"calmon: no calibrator {args.id}", file=sys.stderr)
+                return 1
+            print(orjson.dumps(record.as_dict(), option=orjson.OPT_INDENT_2).decode())
+            return 0
+        now = time.time()
+        try:
+            rolled, restored = registry.rollback(conn, args.id, now)
+        except (LookupError, ValueError) as exc:
+            print(f"calmon: {exc}", file=sys.stderr)
+            return 1
+        target = f"version {restored.version}" if restored else "the model-wide calibrator or identity"
+        print(f"rolled back {rolled.model}/{rolled.segment} v{rolled.version}; now serving {target}")
+        return 0

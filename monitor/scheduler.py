@@ -36,12 +36,12 @@ from monitor.evaluation.rolling import RollingWindows
 from monitor.evaluation.snapshot import Snapshot, SnapshotHolder
 from monitor.evaluation.windows import ALL_SEGMENTS, WindowSpec, evaluate_periods
 from monitor.exporter import BinnedCounters
+from monitor.store import calibrators as registry
 from monitor.store.aggregates import aggregate_pending
 from monitor.store.coordination import load_snapshot, release_lease, save_snapshot, try_acquire_lease
 from monitor.store.engine import READ_ONLY
 from monitor.store.events import append_event
 from monitor.store.ingest import reconcile_pending
-from monitor.store.queries import all_active_calibrators
 from monitor.store.schema import pending_feedback, predictions, sketch_bins
 from monitor.telemetry import ServiceMetrics
 
@@ -222,7 +222,10 @@ class Scheduler:
         caps = {m: c.max_segments for m, c in self.settings.models.items() if c.max_segments}
         with self.engine.connect().execution_options(**READ_ONLY) as conn:
             self.rolling.advance(conn, now)
-            calibrators = all_active_calibrators(conn)
+            calibrators = [
+                {"model": r.model, "segment": r.segment, "version": str(r.version), "method": r.method}
+                for r in registry.all_active(conn)
+            ]
             conn.rollback()
         periods = {w.name: self.rolling.periods(w.name) for w in self.windows}
         stats = evaluate_periods(

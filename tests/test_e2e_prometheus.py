@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import PgServer, missing_service
+from tests.conftest import missing_service
 from tests.support.daemon import Daemon
 from tests.support.prometheus import Prometheus
 
@@ -85,18 +84,11 @@ def scrape_value(url: str, metric: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
-@pytest.fixture
-def shared_pg(pg_server: PgServer) -> Iterator[str]:
-    url = pg_server.new_database()
-    yield url
-    pg_server.drop(url)
-
-
 def test_two_daemons_on_postgres_share_one_leader_and_fail_over(
-    shared_pg: str, tmp_path: Path, fast_config: Path
+    pg_url: str, tmp_path: Path, fast_config: Path
 ) -> None:
-    a = Daemon(shared_pg, config=fast_config, log_path=tmp_path / "a.log")
-    b = Daemon(shared_pg, config=fast_config, log_path=tmp_path / "b.log")
+    a = Daemon(pg_url, config=fast_config, log_path=tmp_path / "a.log")
+    b = Daemon(pg_url, config=fast_config, log_path=tmp_path / "b.log")
     try:
         a.wait_healthy()
         b.wait_healthy()

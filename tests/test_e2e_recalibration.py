@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from monitor.calibration.metrics import expected_calibration_error
-from tests.conftest import PgServer
 from tests.support.daemon import Daemon
 from tests.support.receivers import HttpReceiver, SmtpReceiver
 
@@ -142,18 +141,11 @@ def test_drift_to_promotion_on_a_real_daemon_with_notifications(
         daemon.stop()
 
 
-@pytest.fixture
-def shared_pg(pg_server: PgServer) -> Iterator[str]:
-    url = pg_server.new_database()
-    yield url
-    pg_server.drop(url)
-
-
-def test_two_daemons_one_drift_one_recalibration_served_by_both(shared_pg: str, tmp_path: Path) -> None:
+def test_two_daemons_one_drift_one_recalibration_served_by_both(pg_url: str, tmp_path: Path) -> None:
     config = tmp_path / "calmon.yaml"
     config.write_text(LOOP)
-    a = Daemon(shared_pg, config=config, log_path=tmp_path / "a.log")
-    b = Daemon(shared_pg, config=config, log_path=tmp_path / "b.log")
+    a = Daemon(pg_url, config=config, log_path=tmp_path / "a.log")
+    b = Daemon(pg_url, config=config, log_path=tmp_path / "b.log")
     try:
         a.wait_healthy()
         b.wait_healthy()

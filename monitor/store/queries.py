@@ -88,12 +88,3 @@ def active_calibrators(conn: Connection, model: str) -> list[dict[str, Any]]:
         {"id": i, "segment": s, "version": str(v), "method": meth, "activated_at": at}
         for i, s, v, meth, at in conn.execute(query)
     ]
-
-
-def all_active_calibrators(conn: Connection) -> list[dict[str, Any]]:
-    query = select(
-        calibrators.c.model, calibrators.c.segment, calibrators.c.version, calibrators.c.method
-    ).where(calibrators.c.status == "active")
-    return [
-        {"model": m, "segment": s, "version": str(v), "method": meth} for m, s, v, meth in conn.execute(query)
-    ]
