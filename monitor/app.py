@@ -81,7 +81,7 @@ def build(settings: Settings) -> Daemon:
     ) -> Outcome:
         outcome = recalibrate(engine, settings, model, segment, trigger, dry_run)
         if not dry_run:
-            metrics.recalibrations.labels(outcome.outcome).inc()
+            metrics.recalibrations.labels(outcome.model, outcome.segment, outcome.outcome).inc()
             if outcome.outcome == "promoted":
                 scorer.refresh(engine, time.time())  # this replica at once; the others at their refresh
             kind = OUTCOME_EVENTS.get(outcome.outcome, "recalibration_failed")

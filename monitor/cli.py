@@ -1,11 +1,14 @@
-"""``calmon`` command line: serve, check-config, db, rebuild-aggregates, calibrators list|show|rollback."""
+"""``calmon`` command line: serve, check-config, db, rebuild-aggregates, recalibrate, calibrators,
+dashboards."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 import yaml
 from sqlalchemy import Engine
@@ -44,6 +47,17 @@ def _parser() -> argparse.ArgumentParser:
     cal.add_argument("id", nargs="?", type=int, help="calibrator id (show, rollback)")
     cal.add_argument("--model")
     cal.add_argument("--database-url")
+
+    dash = sub.add_parser("dashboards", help="the Grafana dashboards: render to files or push to a Grafana")
+    dash.add_argument("action", choices=["render", "push"])
+    dash.add_argument("--out", default="dashboards", help="render: directory for the JSON files")
+    dash.add_argument("--url", help="push: Grafana base URL (default: $GRAFANA_URL)")
+    dash.add_argument(
+        "--token-env", default="GRAFANA_TOKEN", help="push: environment variable holding the API token"
+    )
+    dash.add_argument("--folder-uid", default="calmon", help="push: uid of the folder to create or reuse")
+    dash.add_argument("--folder-title", default="calmon", help="push: title of that folder")
+    dash.add_argument("--only", action="append", help="push: only this dashboard uid (repeatable)")
 
     db = sub.add_parser("db", help="schema migrations")
     db.add_argument("action", choices=["upgrade", "current"])
@@ -103,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1 if outcome.outcome == "failed" else 0
     if args.command == "calibrators":
         return _calibrators(args, settings)
+    if args.command == "dashboards":
+        return _dashboards(args)
     if args.command == "serve":
         from monitor.app import serve
 
@@ -157,3 +173,33 @@ def _calibrators(args: argparse.Namespace, settings: Settings) -> int:
         target = f"version {restored.version}" if restored else "the model-wide calibrator or identity"
         print(f"rolled back {rolled.model}/{rolled.segment} v{rolled.version}; now serving {target}")
         return 0
+
+
+def _dashboards(args: argparse.Namespace) -> int:
+    if args.action == "render":
+        from monitor.dashboards import render
+
+        for path in render(Path(args.out)):
+            print(f"wrote {path}")
+        return 0
+    from monitor.grafana import PushError, connect, push
+
+    url = args.url or os.environ.get("GRAFANA_URL")
+    if not url:
+        print("calmon: dashboards push needs --url or GRAFANA_URL", file=sys.stderr)
+        return 2
+    token = os.environ.get(args.token_env)
+    if not token:
+        print(
+            f"calmon: dashboards push: ${args.token_env} is empty; set it to a Grafana API token",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        result = push(connect(url, token), args.folder_uid, args.folder_title, args.only)
+    except PushError as exc:
+        print(f"calmon: dashboards push: {exc}", file=sys.stderr)
+        return 1
+    state = "created" if result.folder_created else "existing"
+    print(f"pushed {', '.join(result.dashboards)} to {state} folder {result.folder_uid!r} at {url}")
+    return 0

@@ -14,13 +14,19 @@ class ServiceMetrics:
     def __init__(self, registry: CollectorRegistry):
         self.predictions = Counter("calmon_predictions", "Predictions accepted", ["model"], registry=registry)
         self.feedback = Counter(
-            "calmon_feedback", "Feedback records by outcome", ["outcome"], registry=registry
+            "calmon_feedback",
+            "Feedback records by model and outcome",
+            ["model", "outcome"],
+            registry=registry,
         )
         self.rejected = Counter(
             "calmon_rejected_records", "Rejected records by the field at fault", ["reason"], registry=registry
         )
         self.recalibrations = Counter(
-            "calmon_recalibrations", "Recalibration runs by outcome", ["outcome"], registry=registry
+            "calmon_recalibrations",
+            "Recalibration runs by series and outcome",
+            ["model", "segment", "outcome"],
+            registry=registry,
         )
         self.job_runs = Counter(
             "calmon_job_runs", "Scheduler job runs by outcome", ["job", "outcome"], registry=registry

@@ -134,7 +134,7 @@ def test_drift_to_promotion_on_a_real_daemon_with_notifications(
         assert {r["event"] for r in hook.requests} == {"drift_detected", "calibrator_promoted"}
         assert "calibrator_promoted" in smtp.messages[0].content.decode()
         metrics = httpx.get(f"{daemon.base_url}/metrics").text
-        assert 'calmon_recalibrations_total{outcome="promoted"} 1.0' in metrics
+        assert 'calmon_recalibrations_total{model="loop",outcome="promoted",segment="*"} 1.0' in metrics
         assert re.search(r'calmon_notifications_total\{kind="webhook",outcome="failed"\} [1-9]', metrics)
         assert daemon.process.poll() is None  # a failing receiver never hurt the daemon
     finally:

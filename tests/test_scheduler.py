@@ -123,7 +123,7 @@ def test_evaluation_publishes_snapshot_metrics_and_api(parts: dict[str, Any]) ->
         > 0
     )
     assert sample("calmon_predictions_total", registry, model="qa") == 400
-    assert sample("calmon_feedback_total", registry, outcome="matched") == 400
+    assert sample("calmon_feedback_total", registry, model="qa", outcome="matched") == 400
     assert sample("calmon_last_evaluation_timestamp_seconds", registry) == clock.now
     # the read API serves the same snapshot
     detail = client.get("/v1/models/qa").json()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -286,9 +286,11 @@ def create_app(
             )
         with engine.begin() as conn:
             outcome = apply_feedback(conn, [item for _, item in prepared], clock())
-        for status in ("matched", "pending", "duplicate", "conflict"):
-            if count := outcome.count(status):
-                metrics.feedback.labels(status).inc(count)
+        per_series = Counter(
+            (item.model, status) for (_, item), status in zip(prepared, outcome.statuses, strict=True)
+        )
+        for (model, status), count in per_series.items():
+            metrics.feedback.labels(model, status).inc(count)
         _count_rejections(rejected)
         return JSONResponse(
             {
