@@ -680,9 +680,9 @@ def service_health() -> Json:
             "Scheduler jobs; evaluate should stay well below its interval.",
             [
                 target(
-                    "histogram_quantile(0.95, sum by (le, job) "
+                    "histogram_quantile(0.95, sum by (le, task) "
                     f"(rate(calmon_job_duration_seconds_bucket{{{job}}}[$__rate_interval])))",
-                    "{{job}}",
+                    "{{task}}",
                 )
             ],
             unit="s",
@@ -694,8 +694,8 @@ def service_health() -> Json:
             "Failures are logged and retried at the next tick (CalmonJobFailing).",
             [
                 target(
-                    f"sum by (job, outcome) (increase(calmon_job_runs_total{{{job}}}[$__rate_interval]))",
-                    "{{job}} {{outcome}}",
+                    f"sum by (task, outcome) (increase(calmon_job_runs_total{{{job}}}[$__rate_interval]))",
+                    "{{task}} {{outcome}}",
                 )
             ],
             minimum=0,

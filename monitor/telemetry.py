@@ -29,12 +29,12 @@ class ServiceMetrics:
             registry=registry,
         )
         self.job_runs = Counter(
-            "calmon_job_runs", "Scheduler job runs by outcome", ["job", "outcome"], registry=registry
+            "calmon_job_runs", "Scheduler job runs by outcome", ["task", "outcome"], registry=registry
         )
         self.job_duration = Histogram(
             "calmon_job_duration_seconds",
             "Scheduler job duration",
-            ["job"],
+            ["task"],  # not "job": Prometheus reserves that label for the scrape job
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
             registry=registry,
         )

@@ -102,7 +102,7 @@ def test_two_daemons_on_postgres_share_one_leader_and_fail_over(
         assert sorted(leaders) == [0.0, 1.0], leaders
         leader, follower = (a, b) if leaders[0] == 1.0 else (b, a)
         time.sleep(3)  # several evaluation ticks
-        evaluate_runs = 'calmon_job_runs_total{job="evaluate",outcome="success"}'
+        evaluate_runs = 'calmon_job_runs_total{outcome="success",task="evaluate"}'
         assert (scrape_value(leader.base_url, evaluate_runs) or 0) >= 2
         assert scrape_value(follower.base_url, evaluate_runs) is None  # each tick ran once: on the leader
         # the follower serves the leader's snapshot

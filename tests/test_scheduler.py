@@ -170,7 +170,7 @@ def test_a_failing_job_is_counted_and_does_not_stop_the_scheduler(parts: dict[st
     job()
     job()  # runs again next tick
     assert len(calls) == 2
-    assert sample("calmon_job_runs_total", registry, job="evaluate", outcome="failure") == 2
+    assert sample("calmon_job_runs_total", registry, task="evaluate", outcome="failure") == 2
     scheduler.is_leader = False
     job()
     assert len(calls) == 2  # leader-only jobs are skipped on followers
