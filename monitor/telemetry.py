@@ -5,13 +5,19 @@ Created once per daemon on a registry passed in (no module-level registry).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+FEEDBACK_OUTCOMES = ("matched", "pending", "duplicate", "conflict")
+RECALIBRATION_OUTCOMES = ("promoted", "rejected", "failed")
 
 
 class ServiceMetrics:
     """Counters and gauges the daemon updates as it works."""
 
     def __init__(self, registry: CollectorRegistry):
+        self._initialised: set[tuple[str, str]] = set()
         self.predictions = Counter("calmon_predictions", "Predictions accepted", ["model"], registry=registry)
         self.feedback = Counter(
             "calmon_feedback",
@@ -59,3 +65,20 @@ class ServiceMetrics:
             "When the snapshot served here was computed",
             registry=registry,
         )
+
+    def initialise(self, series: Iterable[tuple[str, str]]) -> None:
+        """Create the per-model counters at 0 once a (model, segment) is known.
+
+        A counter series born at its first increment starts at 1, and ``increase()``/``rate()`` never
+        see that first event: the first failed recalibration would not alert. Known series are
+        exported at 0 from the evaluation that first sees them, on every replica.
+        """
+        for model, segment in series:
+            if (model, segment) in self._initialised:
+                continue
+            self._initialised.add((model, segment))
+            self.predictions.labels(model)
+            for outcome in FEEDBACK_OUTCOMES:
+                self.feedback.labels(model, outcome)
+            for outcome in RECALIBRATION_OUTCOMES:
+                self.recalibrations.labels(model, segment, outcome)

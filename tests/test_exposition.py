@@ -20,6 +20,7 @@ from monitor.exporter import BinnedCounters, SnapshotCollector
 from monitor.store.aggregates import aggregate_pending
 from monitor.store.ingest import apply_feedback, insert_predictions
 from monitor.store.records import FeedbackItem, PredictionRow
+from monitor.telemetry import ServiceMetrics
 from tests.conftest import missing_service
 from tests.test_scheduler import build
 
@@ -143,3 +144,18 @@ def test_promtool_check_metrics_on_a_real_scrape(
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stdout + result.stderr
+
+
+def test_known_series_start_their_counters_at_zero() -> None:
+    """A counter born at 1 hides its first event from increase(); known series are created at 0."""
+    registry = CollectorRegistry()
+    metrics = ServiceMetrics(registry)
+    metrics.initialise([("qa", "*"), ("qa", "billing"), ("qa", "*")])
+    get = registry.get_sample_value
+    assert get("calmon_recalibrations_total", {"model": "qa", "segment": "billing", "outcome": "failed"}) == 0
+    assert get("calmon_recalibrations_total", {"model": "qa", "segment": "*", "outcome": "rejected"}) == 0
+    assert get("calmon_feedback_total", {"model": "qa", "outcome": "matched"}) == 0
+    assert get("calmon_predictions_total", {"model": "qa"}) == 0
+    metrics.recalibrations.labels("qa", "*", "failed").inc()
+    metrics.initialise([("qa", "*")])  # seeing it again never resets it
+    assert get("calmon_recalibrations_total", {"model": "qa", "segment": "*", "outcome": "failed"}) == 1

@@ -17,7 +17,14 @@ INSTALL_HINT = "install Debian's 'prometheus' package (apt-get install prometheu
 
 
 class Prometheus:
-    def __init__(self, targets: list[str], scrape_interval: str = "1s", extra_config: str = ""):
+    def __init__(
+        self,
+        targets: list[str],
+        scrape_interval: str = "1s",
+        extra_config: str = "",
+        scrape_options: str = "",
+    ):
+        """``extra_config`` goes at the top level; ``scrape_options`` inside the calmon job (indented 4)."""
         binary = shutil.which("prometheus")
         if binary is None:
             raise RuntimeError(f"prometheus not found; {INSTALL_HINT}")
@@ -28,7 +35,9 @@ class Prometheus:
         config.write_text(
             f"global: {{scrape_interval: {scrape_interval}, evaluation_interval: {scrape_interval}}}\n"
             + extra_config
-            + "scrape_configs:\n  - job_name: calmon\n    static_configs:\n"
+            + "scrape_configs:\n  - job_name: calmon\n"
+            + scrape_options
+            + "    static_configs:\n"
             + f"      - targets: [{', '.join(repr(t) for t in targets)}]\n"
         )
         self.log = open(self.root / "prometheus.log", "wb")  # noqa: SIM115
@@ -52,6 +61,17 @@ class Prometheus:
         body = response.json()
         if body.get("status") != "success":
             raise AssertionError(f"query failed: {promql}: {body}")
+        return list(body["data"]["result"])
+
+    def query_range(self, promql: str, start: float, end: float, step: float = 2.0) -> list[dict[str, Any]]:
+        response = httpx.get(
+            f"{self.url}/api/v1/query_range",
+            params={"query": promql, "start": start, "end": end, "step": step},
+            timeout=10,
+        )
+        body = response.json()
+        if body.get("status") != "success":
+            raise AssertionError(f"range query failed: {promql}: {body}")
         return list(body["data"]["result"])
 
     def wait_for(self, promql: str, timeout: float = 60.0) -> list[dict[str, Any]]:
