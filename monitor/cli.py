@@ -75,6 +75,16 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from monitor.store.migrate import SchemaError
+
+    try:
+        return _main(argv)
+    except SchemaError as exc:
+        print(f"calmon: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = _settings(args)

@@ -8,7 +8,8 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, insert
 from sqlalchemy.exc import IntegrityError
 
-from monitor.store.migrate import current_revision, head_revision, upgrade
+from monitor.cli import main
+from monitor.store.migrate import SchemaError, current_revision, head_revision, upgrade
 from monitor.store.schema import calibrators, metadata
 
 
@@ -37,3 +38,16 @@ def test_at_most_one_active_calibrator_per_model_segment(engine: Engine) -> None
         conn.execute(insert(calibrators), [{**row, "version": 3, "status": "active"}])
     with engine.begin() as conn:  # another segment may have its own active one
         conn.execute(insert(calibrators), [{**row, "segment": "billing", "version": 1, "status": "active"}])
+
+
+def test_a_schema_newer_than_the_release_is_refused_with_a_clear_message(
+    engine: Engine, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rolling calmon back past a migration must not start on (or 'upgrade') a schema it doesn't know."""
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0099_future'")
+    with pytest.raises(SchemaError, match=r"'0099_future'.*does not know"):
+        upgrade(engine)
+    assert main(["db", "upgrade", "--database-url", db_url]) == 2
+    assert "restore a backup" in capsys.readouterr().err
+    assert current_revision(engine) == "0099_future"  # untouched

@@ -19,12 +19,24 @@ def _config() -> Config:
     return cfg
 
 
+class SchemaError(RuntimeError):
+    """The database's schema is newer than this release knows (a rollback of calmon past a migration)."""
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to ``revision``. Concurrent replicas serialise on PostgreSQL's advisory lock."""
     cfg = _config()
+    known = {script.revision for script in ScriptDirectory.from_config(cfg).walk_revisions()}
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7212401)")  # 'calmon' migrations lock
+        current = MigrationContext.configure(conn).get_current_revision()
+        if current is not None and current not in known:
+            raise SchemaError(
+                f"the database schema is at revision {current!r}, which this calmon release does not know "
+                f"(its newest is {head_revision()!r}): run the release that migrated it, or restore a backup "
+                "taken before that upgrade (docs/operations.md)"
+            )
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
 
