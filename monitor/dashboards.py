@@ -58,6 +58,7 @@ def _panel(
     options: Json | None = None,
     overrides: list[Json] | None = None,
     custom: Json | None = None,
+    transformations: list[Json] | None = None,
 ) -> Json:
     defaults: Json = {}
     if unit is not None:
@@ -84,6 +85,7 @@ def _panel(
         "fieldConfig": {"defaults": defaults, "overrides": overrides or []},
         "options": options or {},
         "gridPos": {"w": width, "h": height},
+        "transformations": transformations or [],
     }
 
 
@@ -236,6 +238,7 @@ def overview() -> Json:
             ],
             width=24,
             options={"showHeader": True, "sortBy": [{"displayName": "Value #A", "desc": True}]},
+            transformations=[{"id": "merge", "options": {}}],  # one row per model, one column per query
             custom={"align": "auto"},
         ),
         _panel(
@@ -389,7 +392,14 @@ def model_detail() -> Json:
             unit="percentunit",
             minimum=0,
             maximum=1,
-            options={"xField": "bin", "orientation": "vertical", "groupWidth": 0.8},
+            options={"orientation": "vertical", "groupWidth": 0.8},
+            # one row per bin, one bar per score
+            transformations=[
+                {
+                    "id": "groupingToMatrix",
+                    "options": {"columnField": "score", "rowField": "bin", "valueField": "Value"},
+                }
+            ],
         ),
         _panel(
             "heatmap",
