@@ -182,6 +182,19 @@ def _dashboard(
     }
 
 
+def _drift_flags(expr: str, legend: str, width: int) -> Json:
+    return _panel(
+        "state-timeline",
+        "Drift flags",
+        "1 while the drift policy finds drift of that kind for the series (after its "
+        "consecutive-evaluations debounce).",
+        [target(expr, legend)],
+        width=width,
+        thresholds=[(None, "green"), (1, "red")],
+        options={"showValue": "never", "mergeValues": True},
+    )
+
+
 def _window_variable(selector: str) -> Json:
     return _query_variable("window", "Window", f"label_values(calmon_window_predictions{selector}, window)")
 
@@ -268,20 +281,10 @@ def overview() -> Json:
             unit="reqps",
             minimum=0,
         ),
-        _panel(
-            "state-timeline",
-            "Drift flags",
-            "1 while the drift policy finds drift of that kind for the series (after its "
-            "consecutive-evaluations debounce).",
-            [
-                target(
-                    f"max by (model, segment, kind) (calmon_drift_detected{{{models}}})",
-                    "{{model}}/{{segment}} {{kind}}",
-                )
-            ],
+        _drift_flags(
+            f"max by (model, segment, kind) (calmon_drift_detected{{{models}}})",
+            "{{model}}/{{segment}} {{kind}}",
             width=24,
-            thresholds=[(None, "green"), (1, "red")],
-            options={"showValue": "never", "mergeValues": True},
         ),
         _panel(
             "bargauge",
@@ -486,18 +489,8 @@ def model_detail() -> Json:
             width=8,
             minimum=0,
         ),
-        _panel(
-            "state-timeline",
-            "Drift flags",
-            "The drift policy's verdict per kind for this model's series.",
-            [
-                target(
-                    'max by (segment, kind) (calmon_drift_detected{model="$model"})', "{{segment}} {{kind}}"
-                )
-            ],
-            width=8,
-            thresholds=[(None, "green"), (1, "red")],
-            options={"showValue": "never", "mergeValues": True},
+        _drift_flags(
+            'max by (segment, kind) (calmon_drift_detected{model="$model"})', "{{segment}} {{kind}}", width=8
         ),
         _panel(
             "timeseries",

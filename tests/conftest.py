@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +28,15 @@ def missing_service(message: str) -> None:
     if REQUIRE_SERVICES:
         pytest.fail(f"required service missing: {message}")
     pytest.skip(message)
+
+
+def require_binary(name: str, package: str) -> str:
+    """The path of a real tool the test needs, or skip/fail naming the Debian package that brings it."""
+    found = shutil.which(name)
+    if found is None:
+        missing_service(f"{name} not found; install Debian's {package!r} package (apt-get install {package})")
+    assert found is not None
+    return found
 
 
 class PgServer:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tests.conftest import missing_service
+from tests.conftest import require_binary
 from tests.support.promql import metric_names
 from tests.test_dashboards import exporter_names, promtool
 
@@ -26,11 +25,7 @@ def alerts() -> list[dict[str, Any]]:
 
 
 def amtool() -> str:
-    found = shutil.which("amtool")
-    if found is None:
-        missing_service("amtool not found; install Debian's 'prometheus-alertmanager' package")
-    assert found is not None
-    return found
+    return require_binary("amtool", "prometheus-alertmanager")
 
 
 def test_promtool_check_rules_is_clean() -> None:

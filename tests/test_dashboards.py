@@ -11,8 +11,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from monitor import dashboards as builder
 from monitor.telemetry import ServiceMetrics
-from tests.conftest import missing_service
-from tests.support.promql import check_with_promtool, expand, exported_names, metric_names, promtool_binary
+from tests.conftest import require_binary
+from tests.support.promql import check_with_promtool, expand, exported_names, metric_names
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARDS = ROOT / "dashboards"
@@ -20,11 +20,7 @@ GOLDEN = Path(__file__).with_name("golden") / "exposition.txt"
 
 
 def promtool() -> str:
-    found = promtool_binary()
-    if found is None:
-        missing_service("promtool not found; install Debian's 'prometheus' package")
-    assert found is not None
-    return found
+    return require_binary("promtool", "prometheus")
 
 
 def all_queries() -> list[tuple[str, str, str]]:

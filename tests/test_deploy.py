@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from monitor.config import load_settings
-from tests.conftest import missing_service
+from tests.conftest import require_binary
 from tests.test_dashboards import promtool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -238,10 +238,7 @@ def test_kustomize_renders_the_bundle_when_kubectl_is_here() -> None:
 
 
 def test_systemd_unit_verifies(tmp_path: Path) -> None:
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        missing_service("systemd-analyze not found; install Debian's 'systemd' package")
-    assert analyze is not None
+    analyze = require_binary("systemd-analyze", "systemd")
     unit = (DEPLOY / "systemd" / "calmon.service").read_text()
     assert "ExecStart=/opt/calmon/bin/calmon --config /etc/calmon/calmon.yml serve" in unit
     assert "User=calmon" in unit and "KillSignal=SIGTERM" in unit

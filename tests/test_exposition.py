@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -21,19 +20,11 @@ from monitor.store.aggregates import aggregate_pending
 from monitor.store.ingest import apply_feedback, insert_predictions
 from monitor.store.records import FeedbackItem, PredictionRow
 from monitor.telemetry import ServiceMetrics
-from tests.conftest import missing_service
+from tests.conftest import require_binary
 from tests.test_scheduler import build
 
 GOLDEN = Path(__file__).with_name("golden") / "exposition.txt"
 NOW = 1_800_000_000.0
-
-
-def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        missing_service("promtool not found; install Debian's 'prometheus' package")
-    assert found is not None
-    return found
 
 
 def fixed_dataset(engine: Engine) -> BinnedCounters:
@@ -109,7 +100,7 @@ def _round_values(line: str) -> str:
 def test_promtool_check_metrics_on_a_real_scrape(
     engine: Engine, make_settings: Callable[..., Settings]
 ) -> None:
-    tool = promtool()
+    tool = require_binary("promtool", "prometheus")
     parts = build(engine, make_settings(), lambda: NOW, "replica-x")
     rng = np.random.default_rng(5)
     with TestClient(parts["app"]) as client:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import httpx
 import yaml
 
 from tests.support.pgcluster import free_port
+from tests.support.process import terminate, wait_ready
 
 INSTALL_HINT = "install Debian's 'prometheus-alertmanager' package (apt-get install prometheus-alertmanager)"
 
@@ -36,33 +36,16 @@ class Alertmanager:
              f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address="],
             stdout=self.log, stderr=self.log,
         )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                break
-            try:
-                if httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise TimeoutError(f"alertmanager not ready: {self.log_text()}")
-
-    def log_text(self) -> str:
-        path = self.root / "alertmanager.log"
-        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+        try:
+            wait_ready(f"{self.url}/-/ready", self.process, self.root / "alertmanager.log", "alertmanager")
+        except TimeoutError:
+            self.stop()
+            raise
 
     def alerts(self) -> list[dict[str, Any]]:
         return list(httpx.get(f"{self.url}/api/v2/alerts", timeout=5).json())
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
         self.log.close()
         shutil.rmtree(self.root, ignore_errors=True)

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 
 from tests.support.pgcluster import free_port
+from tests.support.process import terminate, wait_ready
 
 INSTALL_HINT = "install Debian's 'prometheus' package (apt-get install prometheus)"
 
@@ -46,15 +47,7 @@ class Prometheus:
              f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=1h"],
             stdout=self.log, stderr=self.log,
         )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"prometheus not ready: {(self.root / 'prometheus.log').read_text()[-2000:]}")
+        wait_ready(f"{self.url}/-/ready", self.process, self.root / "prometheus.log", "prometheus")
 
     def query(self, promql: str) -> list[dict[str, Any]]:
         response = httpx.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=10)
@@ -84,11 +77,6 @@ class Prometheus:
         raise TimeoutError(f"no result for {promql} after {timeout}s")
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        terminate(self.process)
         self.log.close()
         shutil.rmtree(self.root, ignore_errors=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -68,7 +67,3 @@ def check_with_promtool(
     path = workdir / "queries.rules.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "queries", "rules": rules}]}))
     return subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
-
-
-def promtool_binary() -> str | None:
-    return shutil.which("promtool")
