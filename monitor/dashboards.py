@@ -33,13 +33,20 @@ CALIBRATED = f'{SERIES}, score="calibrated"'
 RAW = f'{SERIES}, score="raw"'
 
 
-def target(expr: str, legend: str = "", *, instant: bool = False, table: bool = False) -> Json:
-    """One Prometheus query of a panel; ``refId`` is filled in by :func:`_panel`."""
+def target(
+    expr: str, legend: str = "", *, instant: bool = False, table: bool = False, heatmap: bool = False
+) -> Json:
+    """One Prometheus query of a panel; ``refId`` is filled in by :func:`_panel`.
+
+    ``heatmap`` asks Grafana to de-accumulate cumulative ``le`` buckets into cells.
+    """
     query: Json = {"datasource": DATASOURCE, "expr": expr, "legendFormat": legend or "__auto"}
     if instant:
         query |= {"instant": True, "range": False}
     if table:
         query["format"] = "table"
+    if heatmap:
+        query["format"] = "heatmap"
     return query
 
 
@@ -124,7 +131,7 @@ def _query_variable(
         "type": "query",
         "datasource": DATASOURCE,
         "definition": query,
-        "query": {"query": query, "refId": f"{name}-variable"},
+        "query": query,  # the string form: every Grafana version's Prometheus variable editor reads it
         "refresh": 2,  # on time-range change: new models appear without a reload
         "sort": 1,
         "includeAll": include_all,
@@ -409,12 +416,7 @@ def model_detail() -> Json:
             "Confidence distribution over time (raw)",
             "Where the model's raw confidences fall, window by window. A moving mass is a "
             "distribution shift (see PSI), visible before any label arrives.",
-            [
-                target(
-                    f"max by (le) (calmon_window_confidence_bucket{{{RAW}}})",
-                    "{{le}}",
-                )
-            ],
+            [target(f"max by (le) (calmon_window_confidence_bucket{{{RAW}}})", "{{le}}", heatmap=True)],
             options={
                 "calculate": False,
                 "yAxis": {"unit": "percentunit"},

@@ -115,6 +115,9 @@ def test_dashboards_cover_what_the_on_call_engineer_needs() -> None:
     detail = dashboards["calmon-model"]
     assert [v["name"] for v in detail["templating"]["list"]][1:4] == ["model", "segment", "window"]
     kinds = {panel["type"] for panel in detail["panels"]}
+    (heatmap,) = [panel for panel in detail["panels"] if panel["type"] == "heatmap"]
+    assert heatmap["targets"][0]["format"] == "heatmap"  # cumulative le buckets become cells
+    assert heatmap["targets"][0]["legendFormat"] == "{{le}}"
     assert {"heatmap", "barchart", "timeseries", "table", "state-timeline"} <= kinds
     exprs = " ".join(expr for _, expr in builder.queries(detail))
     for family in (
