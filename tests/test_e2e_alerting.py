@@ -1,5 +1,6 @@
 """End to end on loopback with real binaries: calmon -> Prometheus (shipped rules) -> Alertmanager
-(shipped routing) -> a webhook receiver; and every shipped dashboard query returns data.
+(shipped routing) -> a webhook receiver, firing on drift and resolved after a promotion; and every
+shipped dashboard query returns data.
 
 Only the timings are changed for the test: every rule's ``for`` is shortened and Alertmanager's
 group waits are 1 s. Thresholds, expressions, routing tree and inhibitions are the shipped ones.
@@ -25,7 +26,7 @@ from tests.support.receivers import HttpReceiver
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "qa-bot"
-INGEST, SCRAPE = "ingest-token-e2e", "scrape-token-e2e"
+INGEST, SCRAPE, ADMIN = "ingest-token-e2e", "scrape-token-e2e", "admin-token-e2e-oncall"
 
 
 def shortened_rules(tmp_path: Path) -> Path:
@@ -58,7 +59,7 @@ def daemon_config(tmp_path: Path, hook: str) -> Path:
         f"""
 evaluation: {{interval_seconds: 1, windows: [1h, 24h], bootstrap_draws: 200}}
 drift: {{consecutive: 3, min_labelled: 500, cooldown_seconds: 3600}}
-recalibration: {{serving_refresh_seconds: 1, bootstrap_draws: 300, max_rows: 3000}}
+recalibration: {{on_drift: false, serving_refresh_seconds: 1, bootstrap_draws: 300, max_rows: 3000}}
 scheduler: {{lease_ttl_seconds: 3}}
 logging: {{access_log: false}}
 auth:
@@ -66,6 +67,7 @@ auth:
   tokens:
     - {{name: app, token: {INGEST}, scopes: [ingest]}}
     - {{name: prometheus, token: {SCRAPE}, scopes: [read]}}
+    - {{name: oncall, token: {ADMIN}, scopes: [admin]}}
 notifications:
   - {{kind: webhook, url: "{hook}", events: [drift_detected, calibrator_promoted]}}
 """
@@ -183,13 +185,32 @@ def test_drift_pages_through_prometheus_and_alertmanager_and_fills_every_dashboa
         assert bodies[0]["receiver"] == "ml-platform-slack"
         assert {"alertname", "model", "segment"} == set(bodies[0]["groupLabels"])
 
-        # 3. every dashboard query returns data for the injected model
-        promoted = f'calmon_recalibrations_total{{model="{MODEL}", segment="*", outcome="promoted"}} == 1'
-        wait_until(lambda: prometheus.query(promoted), 60, "the promotion scraped")
-        # counters of known series are exported from 0, so increase() sees their first event
-        failed = prometheus.query(f'calmon_recalibrations_total{{model="{MODEL}", outcome="failed"}}')
-        assert failed and {r["value"][1] for r in failed} == {"0"}
-        time.sleep(3)  # a few more scrapes after the promotion
+        # counters of known series are exported from 0, so increase() will see the promotion
+        before = prometheus.query(f'calmon_recalibrations_total{{model="{MODEL}", outcome="promoted"}}')
+        assert before and {r["value"][1] for r in before} == {"0"}
+
+        # 3. the on-call engineer recalibrates (automatic recalibration is off in this test): the
+        # promotion stops the judgement of windows that still hold old predictions, the alert resolves
+        response = httpx.post(
+            f"{daemon.base_url}/v1/models/{MODEL}/recalibrate",
+            headers={"authorization": f"Bearer {ADMIN}"},
+            timeout=120,
+        )
+        assert response.status_code == 200 and response.json()["outcome"] == "promoted", response.text
+
+        def resolved() -> list[dict[str, Any]]:
+            return [
+                alert
+                for body in receiver.requests
+                for alert in body["alerts"]
+                if alert["labels"]["alertname"] == "CalmonCalibrationDrift" and alert["status"] == "resolved"
+            ]
+
+        wait_until(resolved, 60, "CalmonCalibrationDrift resolved at the webhook")
+        assert not prometheus.query(f'ALERTS{{alertname="CalmonCalibrationDrift", model="{MODEL}"}}')
+
+        # 4. every dashboard query returns data for the injected model
+        time.sleep(3)  # range queries step by 2 s: let the promotion's scrape fall inside their last step
         check_every_dashboard_query(prometheus, started)
     finally:
         for part in (prometheus, alertmanager):
