@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
@@ -33,7 +35,15 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate and print the effective config, secrets masked")
     check.add_argument("--database-url")
 
-    rebuild = sub.add_parser("rebuild-aggregates", help="recompute every sketch bucket from raw rows")
+    rebuild = sub.add_parser(
+        "rebuild-aggregates",
+        help="recompute the sketch buckets from raw rows (those newer than retention.raw_days)",
+    )
+    rebuild.add_argument(
+        "--all",
+        action="store_true",
+        help="recompute every bucket, also before the retention cutoff (drops history without raw rows)",
+    )
     rebuild.add_argument("--database-url")
 
     recal = sub.add_parser("recalibrate", help="fit, gate and promote (or refuse) a calibrator now")
@@ -113,9 +123,15 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command == "rebuild-aggregates":
         from monitor.store.aggregates import rebuild
 
+        since = None if args.all else time.time() - settings.retention.raw_days * 86400
         with _migrated_engine(settings) as engine, engine.begin() as conn:
-            rows = rebuild(conn, settings.evaluation.bucket_seconds, settings.evaluation.fine_bins)
-        print(f"rebuilt sketch buckets from {rows} prediction rows")
+            rows = rebuild(
+                conn, settings.evaluation.bucket_seconds, settings.evaluation.fine_bins, since=since
+            )
+        where = (
+            "" if since is None else f" newer than {datetime.fromtimestamp(since, UTC):%Y-%m-%d %H:%M} UTC"
+        )
+        print(f"rebuilt sketch buckets from {rows} prediction rows{where}")
         return 0
     if args.command == "recalibrate":
         from monitor.recalibration.job import recalibrate

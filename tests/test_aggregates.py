@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Engine, delete, func, select
 
 from monitor.calibration.sketch import CalibrationSketch
+from monitor.cli import main
+from monitor.config import DatabaseConfig
 from monitor.store.aggregates import aggregate_pending, bucket_of, load_sketches, rebuild
+from monitor.store.engine import create_store_engine
 from monitor.store.ingest import apply_feedback, insert_predictions
+from monitor.store.migrate import upgrade
 from monitor.store.records import FeedbackItem, PredictionRow
 from monitor.store.schema import feedback_conflicts, pending_feedback, predictions, sketch_bins
 
@@ -105,3 +112,54 @@ def test_windows_sum_buckets_by_prediction_time(engine: Engine) -> None:
         assert window.accuracy() == 0.5
         everything = load_sketches(conn, FINE)[("m", "default", "calibrated")]
         assert everything.predictions == 6 and everything.labelled == 3
+
+
+def test_rebuild_keeps_the_history_whose_raw_rows_retention_removed(engine: Engine) -> None:
+    """Buckets before the retention cutoff are the only record left: a rebuild must not drop them."""
+    rows = [
+        PredictionRow("m", f"p{i}", "default", ts, "confidence", p, None, None, p, "1")
+        for i, (ts, p) in enumerate([(100.0, 0.9), (400.0, 0.7), (5000.0, 0.8), (5400.0, 0.6)])
+    ]
+    with engine.begin() as conn:
+        insert_predictions(conn, rows, now=6000.0)
+        apply_feedback(conn, [FeedbackItem("m", f"p{i}", i % 2 == 0, None) for i in range(4)], now=6000.0)
+        while aggregate_pending(conn, BUCKET, FINE).rows:
+            pass
+    before = snapshot(engine)
+    with engine.begin() as conn:  # retention removes the raw rows before 3000
+        conn.execute(delete(predictions).where(predictions.c.ts < 3000.0))
+        assert rebuild(conn, BUCKET, FINE, since=3000.0) == 2
+    assert same(before, snapshot(engine))  # old buckets kept, recent ones recomputed identically
+    old = {key for key in before if key[3] < 3000.0}
+    assert old  # there was history to lose
+    with engine.begin() as conn:
+        rebuild(conn, BUCKET, FINE)  # --all: from the raw rows alone
+    assert set(snapshot(engine)) == set(before) - old
+
+
+def test_cli_rebuild_recomputes_only_after_the_retention_cutoff(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    now = time.time()
+    store = create_store_engine(url, DatabaseConfig())
+    upgrade(store)
+    rows = [
+        PredictionRow("m", f"p{i}", "default", ts, "confidence", 0.8, None, None, 0.8, "1")
+        for i, ts in enumerate([now - 40 * 86400, now - 3600])
+    ]
+    with store.begin() as conn:
+        insert_predictions(conn, rows, now=now)
+        while aggregate_pending(conn, 300, 120).rows:
+            pass
+        conn.execute(delete(predictions).where(predictions.c.ts < now - 30 * 86400))  # retention
+    store.dispose()
+    monkeypatch.setenv("CALMON_RETENTION__RAW_DAYS", "30")
+    assert main(["rebuild-aggregates", "--database-url", url]) == 0
+    assert "from 1 prediction rows newer than" in capsys.readouterr().out
+    store = create_store_engine(url, DatabaseConfig())
+    with store.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(sketch_bins)).scalar() == 2 * 2  # both kept
+    store.dispose()
+    assert main(["rebuild-aggregates", "--all", "--database-url", url]) == 0
+    assert "from 1 prediction rows\n" in capsys.readouterr().out

@@ -165,10 +165,22 @@ def _upsert(conn: Connection, deltas: Iterable[BucketDelta]) -> None:
     conn.exec_driver_sql(_UPSERT.format(marks=", ".join([mark] * (5 + len(MOMENT_COLUMNS)))), params)
 
 
-def rebuild(conn: Connection, bucket_seconds: int, fine_bins: int, batch: int = 200_000) -> int:
-    """Recompute every bucket from raw rows (``calmon rebuild-aggregates``); rows folded."""
-    conn.execute(delete(sketch_bins))
-    conn.execute(update(predictions).values(agg_state=0))
+def rebuild(
+    conn: Connection, bucket_seconds: int, fine_bins: int, batch: int = 200_000, since: float | None = None
+) -> int:
+    """Recompute buckets from raw rows (``calmon rebuild-aggregates``); rows folded.
+
+    With ``since``, only the buckets starting after the bucket that holds ``since`` are recomputed:
+    before the retention cutoff the raw rows are gone, and their buckets are the only record left.
+    Rows before that point keep their state (still-unfolded ones are folded as usual).
+    """
+    if since is None:
+        conn.execute(delete(sketch_bins))
+        conn.execute(update(predictions).values(agg_state=0))
+    else:
+        start = float(bucket_of(np.array([since]), bucket_seconds)[0]) + bucket_seconds
+        conn.execute(delete(sketch_bins).where(sketch_bins.c.bucket_start >= start))
+        conn.execute(update(predictions).where(predictions.c.ts >= start).values(agg_state=0))
     total = 0
     while run := aggregate_pending(conn, bucket_seconds, fine_bins, batch).rows:
         total += run
