@@ -392,8 +392,10 @@ def model_detail() -> Json:
             "has bin i's accuracy near its bin's centre, (i + 0.5) / bins.",
             [
                 target(
-                    "max by (bin, score) "
-                    f'(calmon_reliability_bin_accuracy_ratio{{{SERIES}, score=~"$score"}})',
+                    # zero-pad single-digit bins ("7" -> "07") so the string bins sort in order
+                    "label_replace(max by (bin, score) "
+                    f'(calmon_reliability_bin_accuracy_ratio{{{SERIES}, score=~"$score"}}), '
+                    '"bin", "0$1", "bin", "([0-9])")',
                     "{{score}}",
                     instant=True,
                     table=True,
@@ -405,10 +407,11 @@ def model_detail() -> Json:
             options={"orientation": "vertical", "groupWidth": 0.8},
             # one row per bin, one bar per score
             transformations=[
+                {"id": "sortBy", "options": {"sort": [{"field": "bin"}]}},
                 {
                     "id": "groupingToMatrix",
                     "options": {"columnField": "score", "rowField": "bin", "valueField": "Value"},
-                }
+                },
             ],
         ),
         _panel(

@@ -27,7 +27,7 @@ def expand(expr: str, values: Mapping[str, str] | None = None) -> str:
     merged = {**GRAFANA_DEFAULTS, **(values or {})}
     for name in sorted(merged, key=len, reverse=True):  # $__rate_interval before $__range, etc.
         expr = expr.replace("${" + name[1:] + "}", merged[name]).replace(name, merged[name])
-    assert "$" not in expr, f"unexpanded variable in {expr!r}"
+    assert not re.search(r"\$[A-Za-z_{]", expr), f"unexpanded variable in {expr!r}"  # $1 is a backreference
     return expr
 
 
