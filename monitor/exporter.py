@@ -123,6 +123,11 @@ class SnapshotCollector(Collector):
         reliability = _gauge(
             "calmon_reliability_bin_accuracy_ratio", "Accuracy per confidence bin", (*WINDOW_LABELS, "bin")
         )
+        changed = _gauge(
+            "calmon_window_calibrator_changed",
+            "1 while the window mixes the confidences of the serving calibrator and its predecessor",
+            ("model", "segment", "window"),
+        )
         histogram = GaugeHistogramMetricFamily(
             "calmon_window_confidence",
             "Confidence distribution of the window's predictions",
@@ -134,6 +139,8 @@ class SnapshotCollector(Collector):
                 value = getattr(s, field)
                 if value is not None:
                     families[name].add_metric(values, float(value))
+            if s.score == "calibrated":
+                changed.add_metric([s.model, s.segment, s.window], 1.0 if s.calibrator_changed else 0.0)
             labelled.add_metric(values, float(s.labelled))
             window_predictions.add_metric(values, float(s.predictions))
             coverage.add_metric(values, float(s.label_coverage))
@@ -150,7 +157,7 @@ class SnapshotCollector(Collector):
                 buckets.append(("+Inf", float(cumulative[-1])))
                 histogram.add_metric(values, buckets, gsum_value=s.confidence_sum)
         yield from families.values()
-        yield from (labelled, window_predictions, coverage, reliability, histogram)
+        yield from (labelled, window_predictions, coverage, reliability, histogram, changed)
 
         info = GaugeMetricFamily(
             "calmon_calibrator_info", "The calibrator serving each model and segment",

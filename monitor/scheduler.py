@@ -34,13 +34,13 @@ from monitor.config import Settings, parse_duration
 from monitor.evaluation.policy import DriftEvent, DriftPolicy
 from monitor.evaluation.rolling import RollingWindows
 from monitor.evaluation.snapshot import Snapshot, SnapshotHolder
-from monitor.evaluation.windows import ALL_SEGMENTS, WindowSpec, evaluate_periods
+from monitor.evaluation.windows import ALL_SEGMENTS, WindowSpec, evaluate_periods, mark_calibrator_changes
 from monitor.exporter import BinnedCounters
 from monitor.store import calibrators as registry
 from monitor.store.aggregates import aggregate_pending
 from monitor.store.coordination import load_snapshot, release_lease, save_snapshot, try_acquire_lease
 from monitor.store.engine import READ_ONLY
-from monitor.store.events import append_event
+from monitor.store.events import append_event, calibrator_changes
 from monitor.store.ingest import reconcile_pending
 from monitor.store.schema import pending_feedback, predictions, sketch_bins
 from monitor.telemetry import ServiceMetrics
@@ -226,11 +226,13 @@ class Scheduler:
                 {"model": r.model, "segment": r.segment, "version": str(r.version), "method": r.method}
                 for r in registry.all_active(conn)
             ]
+            changes = calibrator_changes(conn)
             conn.rollback()
         periods = {w.name: self.rolling.periods(w.name) for w in self.windows}
         stats = evaluate_periods(
             self.windows, periods, cfg.ece_bins, caps, cfg.max_segments, cfg.bootstrap_draws
         )
+        mark_calibrator_changes(stats, {w.name: w.seconds for w in self.windows}, changes, now)
         models = {s.model for s in stats}
         served = {(c["model"], c["segment"]) for c in calibrators}
         calibrators += [

@@ -11,7 +11,8 @@ from sqlalchemy import Engine
 
 from monitor.config import Settings, load_settings
 from monitor.evaluation.policy import DriftPolicy
-from monitor.evaluation.windows import WindowStats
+from monitor.evaluation.windows import WindowStats, mark_calibrator_changes
+from monitor.store.events import append_event
 from tests.helpers import post_feedback, post_predictions
 from tests.test_scheduler import Clock, build, sample
 
@@ -160,3 +161,85 @@ def test_drift_targets_prefer_the_model_wide_run() -> None:
         event("d", "*", "raw_calibration"),
     ]
     assert drift_targets(events) == [("a", "*"), ("b", "y")]
+
+
+def test_a_window_that_mixes_calibrators_is_not_judged_on_the_calibrated_score() -> None:
+    """After a promotion the calibrated window still holds the old calibrator's confidences: judging
+    it would re-fire every cooldown (and refit) until it rolled over."""
+    judge = policy(consecutive=1)
+    mixed = stats(p=1e-6)
+    mixed.calibrator_changed = True
+    raw = stats(score="raw", ci_lower=0.2, psi=0.5)
+    raw.calibrator_changed = True  # raw scores never depend on the calibrator
+    active, events = judge.observe([mixed, raw], now=0)
+    assert active[("qa", "*", "calibration")] is False
+    assert active[("qa", "*", "calibration_test")] is False
+    assert {e.kind for e in events} == {"raw_calibration", "confidence_shift"}
+
+
+def test_which_windows_a_calibrator_change_touches() -> None:
+    now = 100_000.0
+    series = [
+        WindowStats("qa", segment, window, "calibrated", 10, 10, 0, 1.0)
+        for segment in ("*", "billing", "search", "other")
+        for window in ("1h", "24h")
+    ]
+    series.append(WindowStats("chat", "*", "24h", "calibrated", 10, 10, 0, 1.0))
+    seconds = {"1h": 3600, "24h": 86400}
+    # billing got its own calibrator 2 hours ago; the model-wide one changed 10 hours ago
+    mark_calibrator_changes(series, seconds, {("qa", "billing"): now - 7200, ("qa", "*"): now - 36000}, now)
+    changed = {(s.model, s.segment, s.window) for s in series if s.calibrator_changed}
+    assert changed == {
+        ("qa", "*", "24h"),  # the model-wide series holds every segment
+        ("qa", "other", "24h"),
+        ("qa", "billing", "24h"),
+        ("qa", "search", "24h"),  # served by the model-wide calibrator
+    }
+    mark_calibrator_changes(series, seconds, {("qa", "billing"): now - 600}, now)
+    changed = {(s.model, s.segment, s.window) for s in series if s.calibrator_changed}
+    assert ("qa", "billing", "1h") in changed and ("qa", "*", "1h") in changed
+    assert ("qa", "search", "1h") not in changed and ("qa", "search", "24h") not in changed
+    assert not any(model == "chat" for model, _, _ in changed)
+
+
+def test_a_promotion_stops_the_drift_events_until_the_window_rolls_over(
+    engine: Engine, make_settings: Callable[..., Settings]
+) -> None:
+    clock = Clock()
+    settings = make_settings(
+        drift={"consecutive": 1, "min_labelled": 500, "cooldown_seconds": 60},
+        evaluation={"windows": ["1h"], "interval_seconds": 60},
+    )
+    parts = build(engine, settings, clock, "replica-p")
+    scheduler, exposition = parts["scheduler"], parts["exposition"]
+    rng = np.random.default_rng(4)
+    p = rng.uniform(0.5, 1.0, 2000)
+    with TestClient(parts["app"]) as client:
+        records = [{"model": "m", "id": f"m{i}", "confidence": float(v), "ts": clock.now - 30 - i}
+                   for i, v in enumerate(p)]  # fmt: skip
+        assert post_predictions(client, records).status_code == 200
+        truth = rng.random(2000) < p - 0.3
+        post_feedback(
+            client, [{"model": "m", "id": f"m{i}", "correct": bool(t)} for i, t in enumerate(truth)]
+        )
+        scheduler.renew_lease()
+        scheduler.evaluate_once()
+
+        def calibration_events() -> int:
+            found = client.get("/v1/events", params={"kind": "drift_detected"}).json()["events"]
+            return sum(e["payload"]["kind"] == "calibration" and e["segment"] == "*" for e in found)
+
+        assert calibration_events() == 1
+        with engine.begin() as conn:  # a promotion, as the recalibration job records it
+            append_event(conn, "calibrator_promoted", clock.now + 1, {}, "m", "*")
+        clock.now += 120  # past the cooldown, the same (old) predictions still in the 1h window
+        scheduler.evaluate_once()
+        assert calibration_events() == 1  # not judged again: no second event, no second refit
+        labels = {"model": "m", "segment": "*", "window": "1h"}
+        assert sample("calmon_window_calibrator_changed", exposition, **labels) == 1.0
+        assert sample("calmon_drift_detected", exposition, model="m", segment="*", kind="calibration") == 0.0
+        clock.now += 3600  # the window has rolled past the promotion; new traffic only
+        fresh = [{"model": "m", "id": f"n{i}", "confidence": 0.7, "ts": clock.now - 10} for i in range(50)]
+        assert post_predictions(client, fresh).status_code == 200
+        scheduler.evaluate_once()
+        assert sample("calmon_window_calibrator_changed", exposition, **labels) == 0.0

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import orjson
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
@@ -15,9 +16,11 @@ from monitor.calibration.calibrators import IsotonicCalibration, PlattScaling
 from monitor.collector.api import create_app
 from monitor.collector.serving import RegistryScorer
 from monitor.config import Settings
+from monitor.evaluation.snapshot import Snapshot
+from monitor.evaluation.windows import WindowStats
 from monitor.store import calibrators as store
 from monitor.store.engine import create_store_engine
-from monitor.store.events import list_events
+from monitor.store.events import append_event, calibrator_changes, list_events
 from monitor.store.migrate import upgrade
 from tests.helpers import counts, post_predictions, pred
 
@@ -186,3 +189,26 @@ def test_cli_lists_shows_and_rolls_back(tmp_path: Path) -> None:
     assert rolled.returncode == 0 and "now serving version 1" in rolled.stdout
     assert calmon("rollback", str(second.id)).returncode == 1
     assert calmon("show").returncode == 2
+
+
+def test_calibrator_changes_are_the_latest_promotion_or_rollback_per_series(engine: Engine) -> None:
+    with engine.begin() as conn:
+        append_event(conn, "calibrator_promoted", 100.0, {}, "qa", "*")
+        append_event(conn, "calibrator_rolled_back", 250.0, {}, "qa", "*")
+        append_event(conn, "calibrator_promoted", 180.0, {}, "qa", "billing")
+        append_event(conn, "calibrator_rejected", 900.0, {}, "qa", "billing")  # nothing changed
+        append_event(conn, "drift_detected", 950.0, {}, "chat", "*")
+    with engine.connect() as conn:
+        assert calibrator_changes(conn) == {("qa", "*"): 250.0, ("qa", "billing"): 180.0}
+
+
+def test_followers_restore_the_whole_snapshot_including_drift_flags() -> None:
+    stats = WindowStats("qa", "*", "1h", "calibrated", 10, 10, 0, 1.0, ece=0.1, calibrator_changed=True)
+    snapshot = Snapshot(
+        5.0,
+        [stats],
+        [{"model": "qa", "segment": "*", "version": "2", "method": "isotonic"}],
+        [{"model": "qa", "segment": "*", "kind": "calibration", "active": True}],
+    )
+    restored = Snapshot.from_dict(orjson.loads(orjson.dumps(snapshot.as_dict())))
+    assert restored == snapshot

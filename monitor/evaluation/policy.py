@@ -3,7 +3,8 @@
 Kinds, judged on every window of every series (model-wide ``*`` included):
 
 * ``calibration`` (actionable): the *calibrated* score's ECE CI lower bound exceeds
-  ``ece_threshold`` with at least ``min_labelled`` labels — judged on the lower bound, so noise
+  ``ece_threshold`` with at least ``min_labelled`` labels, in a window whose calibrator did not change
+  (``WindowStats.calibrator_changed``) — judged on the lower bound, so noise
   alone rarely fires (see docs/architecture.md for the noise floor at a given sample size).
 * ``calibration_test`` (actionable): Spiegelhalter's two-sided p-value on the calibrated score is
   below ``p_value_threshold`` with at least ``min_labelled`` labels.
@@ -71,7 +72,9 @@ def crossings(stats: WindowStats, cfg: DriftConfig) -> list[Crossing]:
                               stats.labelled, stats.predictions))  # fmt: skip
 
     enough_labels = stats.labelled >= cfg.min_labelled
-    if stats.score == "calibrated" and enough_labels:
+    # A window that still mixes the previous calibrator's confidences says nothing about the new one:
+    # judging it would re-fire every cooldown (and refit) until the window rolled over.
+    if stats.score == "calibrated" and enough_labels and not stats.calibrator_changed:
         if stats.ece_ci_lower is not None and stats.ece_ci_lower > cfg.ece_threshold:
             cross("calibration", stats.ece_ci_lower, cfg.ece_threshold)
         if stats.spiegelhalter_p is not None and stats.spiegelhalter_p < cfg.p_value_threshold:

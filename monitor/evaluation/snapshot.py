@@ -36,7 +36,10 @@ class Snapshot:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Snapshot:
         return cls(
-            data["created_at"], [WindowStats(**s) for s in data["stats"]], list(data.get("calibrators", []))
+            data["created_at"],
+            [WindowStats(**s) for s in data["stats"]],
+            list(data.get("calibrators", [])),
+            list(data.get("drift", [])),  # followers export the leader's drift flags too
         )
 
 

@@ -56,6 +56,9 @@ class WindowStats:
     reliability: list[dict[str, Any]] = field(default_factory=list)
     histogram: list[float] = field(default_factory=list)  # all predictions, ece_bins bins
     confidence_sum: float = 0.0  # over all predictions of the window (the histogram's sum)
+    # The calibrator serving this series changed within the window, so the calibrated statistics mix
+    # the confidences of two calibrators: reported, but not judged by the drift policy or the alerts.
+    calibrator_changed: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -162,3 +165,28 @@ def evaluate(
             load_sketches(conn, fine_bins, since=since - spec.seconds, until=since),
         )
     return evaluate_periods(windows, periods, ece_bins, max_segments, default_cap, n_boot)
+
+
+def mark_calibrator_changes(
+    stats: list[WindowStats],
+    window_seconds: dict[str, int],
+    changes: dict[tuple[str, str], float],
+    now: float,
+) -> None:
+    """Flag the series whose serving calibrator changed within their window.
+
+    A prediction keeps the calibrated confidence applied at ingest, so after a promotion or rollback
+    a window mixes two calibrators until it has rolled over. A segment is served by its own
+    calibrator or the model-wide one (``*``); the model-wide series and the capped ``other`` series
+    hold every segment, so any change of the model counts for them.
+    """
+    latest_of_model: dict[str, float] = {}
+    for (model, _), ts in changes.items():
+        latest_of_model[model] = max(ts, latest_of_model.get(model, ts))
+    for s in stats:
+        if s.segment in (ALL_SEGMENTS, OTHER_SEGMENT):
+            changed = latest_of_model.get(s.model)
+        else:
+            found = [changes[k] for k in ((s.model, s.segment), (s.model, ALL_SEGMENTS)) if k in changes]
+            changed = max(found) if found else None
+        s.calibrator_changed = changed is not None and changed > now - window_seconds[s.window]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, func, insert, select
 
 from monitor.store.schema import events
 
@@ -61,3 +61,16 @@ def list_events(
         }
         for r in conn.execute(query)
     ]
+
+
+CALIBRATOR_CHANGES = ("calibrator_promoted", "calibrator_rolled_back")
+
+
+def calibrator_changes(conn: Connection) -> dict[tuple[str, str], float]:
+    """When the calibrator serving each (model, segment) last changed (promotion or rollback)."""
+    query = (
+        select(events.c.model, events.c.segment, func.max(events.c.ts))
+        .where(events.c.kind.in_(CALIBRATOR_CHANGES), events.c.model.is_not(None))
+        .group_by(events.c.model, events.c.segment)
+    )
+    return {(model, segment): float(ts) for model, segment, ts in conn.execute(query)}
