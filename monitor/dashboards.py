@@ -189,13 +189,13 @@ def _dashboard(
     }
 
 
-def _drift_flags(expr: str, legend: str, width: int) -> Json:
+def _drift_flags(queries: list[Json], width: int, description: str = "") -> Json:
     return _panel(
         "state-timeline",
         "Drift flags",
         "1 while the drift policy finds drift of that kind for the series (after its "
-        "consecutive-evaluations debounce).",
-        [target(expr, legend)],
+        "consecutive-evaluations debounce)." + description,
+        queries,
         width=width,
         thresholds=[(None, "green"), (1, "red")],
         options={"showValue": "never", "mergeValues": True},
@@ -289,8 +289,12 @@ def overview() -> Json:
             minimum=0,
         ),
         _drift_flags(
-            f"max by (model, segment, kind) (calmon_drift_detected{{{models}}})",
-            "{{model}}/{{segment}} {{kind}}",
+            [
+                target(
+                    f"max by (model, segment, kind) (calmon_drift_detected{{{models}}})",
+                    "{{model}}/{{segment}} {{kind}}",
+                )
+            ],
             width=24,
         ),
         _panel(
@@ -495,7 +499,18 @@ def model_detail() -> Json:
             minimum=0,
         ),
         _drift_flags(
-            'max by (segment, kind) (calmon_drift_detected{model="$model"})', "{{segment}} {{kind}}", width=8
+            [
+                target(
+                    'max by (segment, kind) (calmon_drift_detected{model="$model"})', "{{segment}} {{kind}}"
+                ),
+                target(
+                    'max by (segment, window) (calmon_window_calibrator_changed{model="$model"})',
+                    "{{segment}} {{window}}: calibrator changed",
+                ),
+            ],
+            width=8,
+            description=" 'calibrator changed': the window still holds the previous calibrator's "
+            "confidences, so its calibrated score is not judged.",
         ),
         _panel(
             "timeseries",

@@ -166,6 +166,12 @@ def test_two_daemons_one_drift_one_recalibration_served_by_both(pg_url: str, tmp
         assert len(served) == 2 and len(set(served.values())) == 1  # both replicas, the same calibrator
         time.sleep(3)  # more evaluation ticks: the drift episode must not start another run
         assert len(events(b.base_url, "calibrator_promoted")) == 1
+        for daemon in (a, b):  # leader and follower export the same drift flags and calibrator change
+            text = httpx.get(f"{daemon.base_url}/metrics").text
+            assert re.search(
+                r'calmon_drift_detected\{kind="calibration",model="loop",segment="\*"\} [01]', text
+            )
+            assert 'calmon_window_calibrator_changed{model="loop",segment="*",window="1h"} 1.0' in text
         assert len(events(b.base_url, "recalibration_started")) == 1
         assert promoted[0]["payload"]["trigger"] == "drift"
     finally:
