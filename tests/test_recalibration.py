@@ -217,7 +217,10 @@ def test_drift_triggers_recalibration_and_new_predictions_are_calibrated(
     with engine.connect() as conn:
         kinds = [e["kind"] for e in list_events(conn, model="nb")]
     assert "drift_detected" in kinds and "calibrator_promoted" in kinds
-    assert sample("calmon_drift_detected", exposition, model="nb", segment="*", kind="calibration") == 1.0
+    # after the promotion the windows mix two calibrators: flagged, and their calibrated score unjudged
+    assert sample("calmon_drift_detected", exposition, model="nb", segment="*", kind="calibration") == 0.0
+    assert sample("calmon_window_calibrator_changed", exposition, model="nb", segment="*", window="1h") == 1.0
+    assert sample("calmon_drift_detected", exposition, model="nb", segment="*", kind="raw_calibration") == 1.0
 
 
 def test_temperature_is_fitted_on_stored_logits_and_served_on_them(
