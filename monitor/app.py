@@ -92,7 +92,7 @@ def build(settings: Settings) -> Daemon:
     def publish() -> None:
         snapshot = holder.get()
         if snapshot is not None:
-            metrics.initialise((s.model, s.segment) for s in snapshot.stats)
+            metrics.initialise({s.model for s in snapshot.stats})
         exposition.refresh()
 
     scheduler = Scheduler(

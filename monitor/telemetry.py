@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-FEEDBACK_OUTCOMES = ("matched", "pending", "duplicate", "conflict")
+INITIAL_FEEDBACK_OUTCOMES = ("matched", "pending")  # what means "labels are arriving"
 RECALIBRATION_OUTCOMES = ("promoted", "rejected", "failed")
 
 
@@ -17,7 +17,7 @@ class ServiceMetrics:
     """Counters and gauges the daemon updates as it works."""
 
     def __init__(self, registry: CollectorRegistry):
-        self._initialised: set[tuple[str, str]] = set()
+        self._initialised: set[str] = set()
         self.predictions = Counter("calmon_predictions", "Predictions accepted", ["model"], registry=registry)
         self.feedback = Counter(
             "calmon_feedback",
@@ -66,19 +66,22 @@ class ServiceMetrics:
             registry=registry,
         )
 
-    def initialise(self, series: Iterable[tuple[str, str]]) -> None:
-        """Create the per-model counters at 0 once a (model, segment) is known.
+    def initialise(self, models: Iterable[str]) -> None:
+        """Create each known model's counters at 0.
 
         A counter series born at its first increment starts at 1, and ``increase()``/``rate()`` never
-        see that first event: the first failed recalibration would not alert. Known series are
-        exported at 0 from the evaluation that first sees them, on every replica.
+        see that first event: the first failed recalibration would not alert. Known models are
+        exported at 0 from the evaluation that first sees them, on every replica. Only the series
+        the rules and dashboards need (model-wide recalibrations, labelling feedback): this part of
+        the exposition is rendered per scrape, ~5 us a sample (the rules also count a series that is
+        new in their range, for segment-level runs).
         """
-        for model, segment in series:
-            if (model, segment) in self._initialised:
+        for model in models:
+            if model in self._initialised:
                 continue
-            self._initialised.add((model, segment))
+            self._initialised.add(model)
             self.predictions.labels(model)
-            for outcome in FEEDBACK_OUTCOMES:
+            for outcome in INITIAL_FEEDBACK_OUTCOMES:
                 self.feedback.labels(model, outcome)
             for outcome in RECALIBRATION_OUTCOMES:
-                self.recalibrations.labels(model, segment, outcome)
+                self.recalibrations.labels(model, "*", outcome)

@@ -137,16 +137,21 @@ def test_promtool_check_metrics_on_a_real_scrape(
     assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stdout + result.stderr
 
 
-def test_known_series_start_their_counters_at_zero() -> None:
-    """A counter born at 1 hides its first event from increase(); known series are created at 0."""
+def test_known_models_start_their_counters_at_zero() -> None:
+    """A counter born at 1 hides its first event from increase(); known models are created at 0."""
     registry = CollectorRegistry()
     metrics = ServiceMetrics(registry)
-    metrics.initialise([("qa", "*"), ("qa", "billing"), ("qa", "*")])
+    metrics.initialise(["qa", "chat", "qa"])
     get = registry.get_sample_value
-    assert get("calmon_recalibrations_total", {"model": "qa", "segment": "billing", "outcome": "failed"}) == 0
-    assert get("calmon_recalibrations_total", {"model": "qa", "segment": "*", "outcome": "rejected"}) == 0
+    assert get("calmon_recalibrations_total", {"model": "qa", "segment": "*", "outcome": "failed"}) == 0
+    assert get("calmon_recalibrations_total", {"model": "chat", "segment": "*", "outcome": "rejected"}) == 0
     assert get("calmon_feedback_total", {"model": "qa", "outcome": "matched"}) == 0
     assert get("calmon_predictions_total", {"model": "qa"}) == 0
+    # per-segment and rare outcomes are not pre-created: the live part is rendered per scrape
+    assert (
+        get("calmon_recalibrations_total", {"model": "qa", "segment": "billing", "outcome": "failed"}) is None
+    )
+    assert get("calmon_feedback_total", {"model": "qa", "outcome": "conflict"}) is None
     metrics.recalibrations.labels("qa", "*", "failed").inc()
-    metrics.initialise([("qa", "*")])  # seeing it again never resets it
+    metrics.initialise(["qa"])  # seeing it again never resets it
     assert get("calmon_recalibrations_total", {"model": "qa", "segment": "*", "outcome": "failed"}) == 1
