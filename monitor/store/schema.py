@@ -143,6 +143,8 @@ events = Table(
     Column("payload", Text, nullable=False, server_default="{}"),  # JSON
     Index(None, "ts"),
     Index(None, "model", "ts"),
+    # the latest calibrator change per series, read by every evaluation (store.events.calibrator_changes)
+    Index(None, "kind", "model", "segment", "ts"),
 )
 
 # CalibrationSketch moments per (model, segment, score, bucket of prediction time, fine bin).
