@@ -89,19 +89,13 @@ def build(settings: Settings) -> Daemon:
             notifier.notify(kind, outcome.model, outcome.segment, payload)
         return outcome
 
-    def publish() -> None:
-        snapshot = holder.get()
-        if snapshot is not None:
-            metrics.initialise({s.model for s in snapshot.stats})
-        exposition.refresh()
-
     scheduler = Scheduler(
         engine,
         settings,
         holder,
         metrics,
         binned,
-        published=publish,
+        published=exposition.refresh,
         scorer=scorer,
         recalibrate=run_recalibration,
         notify=notifier.notify,

@@ -260,6 +260,7 @@ class Scheduler:
                 )
         self.holder.set(snapshot)
         self.metrics.last_evaluation.set(now)
+        self.metrics.initialise({s.model for s in stats})
         self.published()
         if self.recalibrate is not None and self.settings.recalibration.on_drift:
             for model, segment in drift_targets(drift_events):
@@ -279,6 +280,7 @@ class Scheduler:
             snapshot = Snapshot.from_dict(orjson.loads(found[1]))
             self.holder.set(snapshot)
             self.metrics.last_evaluation.set(snapshot.created_at)
+            self.metrics.initialise({s.model for s in snapshot.stats})
             self.published()
 
     def recalibrate_all(self) -> None:

@@ -125,6 +125,8 @@ def test_evaluation_publishes_snapshot_metrics_and_api(parts: dict[str, Any]) ->
     assert sample("calmon_predictions_total", registry, model="qa") == 400
     assert sample("calmon_feedback_total", registry, model="qa", outcome="matched") == 400
     assert sample("calmon_last_evaluation_timestamp_seconds", registry) == clock.now
+    # the evaluation that first sees a model creates its counters at 0 (increase() sees the first event)
+    assert sample("calmon_recalibrations_total", registry, model="qa", segment="*", outcome="failed") == 0
     # the read API serves the same snapshot
     detail = client.get("/v1/models/qa").json()
     assert {w["window"] for w in detail["windows"]} == {"1h", "24h", "7d"}
