@@ -24,14 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.ingest import machine, write_section  # noqa: E402
+from monitor.app import build  # noqa: E402
 from monitor.calibration import metrics as core  # noqa: E402
 from monitor.config import load_settings  # noqa: E402
-from monitor.evaluation.snapshot import SnapshotHolder  # noqa: E402
-from monitor.exporter import BinnedCounters  # noqa: E402
-from monitor.scheduler import Scheduler  # noqa: E402
 from monitor.store.engine import create_store_engine  # noqa: E402
 from monitor.store.migrate import upgrade  # noqa: E402
-from monitor.telemetry import ServiceMetrics  # noqa: E402
 from tests.support.daemon import Daemon  # noqa: E402
 
 MODELS, SEGMENTS, DAY = 10, 5, 86400.0
@@ -119,15 +116,11 @@ def main() -> int:
             None, database_url=url, evaluation={"bucket_seconds": args.bucket_seconds, "bootstrap_draws": 500}
         )
         engine = create_store_engine(url)
-        from prometheus_client import CollectorRegistry
-
-        metrics = ServiceMetrics(CollectorRegistry())
-        binned = BinnedCounters(settings.evaluation.ece_bins, {}, settings.evaluation.max_segments)
-        scheduler = Scheduler(engine, settings, SnapshotHolder(), metrics, binned, clock=lambda: now)
+        scheduler = build(settings, clock=lambda: now, instance_id="bench", engine=engine).scheduler
         started = time.perf_counter()
-        folded = scheduler.aggregate_once()
+        folded = scheduler.tick.fold(now)
         aggregate_s = time.perf_counter() - started
-        scheduler.is_leader = True
+        scheduler.renew_lease()
         started = time.perf_counter()
         snapshot = scheduler.evaluate_once()
         first_tick = time.perf_counter() - started

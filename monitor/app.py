@@ -9,7 +9,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -22,17 +22,19 @@ from monitor.collector.api import create_app
 from monitor.collector.serving import RegistryScorer
 from monitor.config import Settings, mask_url
 from monitor.evaluation.snapshot import SnapshotHolder
-from monitor.exporter import BinnedCounters, Exposition
+from monitor.evaluation.tick import EvaluationTick
+from monitor.exporter import Exposition
+from monitor.lease import LeaderLease
 from monitor.notify import Notifier
-from monitor.recalibration.job import Outcome, load_report, recalibrate
-from monitor.recalibration.report import svg as reliability_svg
-from monitor.scheduler import Scheduler
+from monitor.recalibration.service import RecalibrationQueue, Recalibrator
+from monitor.scheduler import Scheduler, SnapshotPublisher, default_instance_id
 from monitor.store.engine import create_store_engine
 from monitor.store.migrate import upgrade
-from monitor.telemetry import ServiceMetrics
+from monitor.telemetry import BinnedCounters, ServiceMetrics
+
+__all__ = ["Daemon", "build", "serve"]
 
 log = logging.getLogger("calmon.app")
-OUTCOME_EVENTS = {"promoted": "calibrator_promoted", "rejected": "calibrator_rejected"}
 
 
 class _Server(uvicorn.Server):
@@ -54,18 +56,33 @@ class _Server(uvicorn.Server):
 
 @dataclass
 class Daemon:
+    """Every part of one daemon, wired; tests drive these same parts (with their own clock)."""
+
     engine: Engine
     app: FastAPI
     scheduler: Scheduler
     registry: CollectorRegistry
+    metrics: ServiceMetrics
+    holder: SnapshotHolder
+    exposition: Exposition
+    scorer: RegistryScorer
+    recalibrator: Recalibrator
+    queue: RecalibrationQueue
     notifier: Notifier
 
 
-def build(settings: Settings) -> Daemon:
-    """Migrated engine, the API, the scheduler, the exporter and the notifier, sharing one registry,
-    one snapshot and one calibrator table."""
-    engine = create_store_engine(settings.url(), settings.database)
-    upgrade(engine)
+def build(
+    settings: Settings,
+    *,
+    clock: Callable[[], float] = time.time,
+    instance_id: str | None = None,
+    engine: Engine | None = None,
+) -> Daemon:
+    """The migrated engine, the API, the scheduler, the exporter and the notifier, sharing one
+    registry, one snapshot and one calibrator table. ``engine`` reuses an existing (migrated) one."""
+    if engine is None:
+        engine = create_store_engine(settings.url(), settings.database)
+        upgrade(engine)
     registry = CollectorRegistry()
     metrics = ServiceMetrics(registry)
     holder = SnapshotHolder()
@@ -73,47 +90,51 @@ def build(settings: Settings) -> Daemon:
     binned = BinnedCounters(settings.evaluation.ece_bins, caps, settings.evaluation.max_segments)
     exposition = Exposition(registry, holder, binned)
     scorer = RegistryScorer()
-    scorer.refresh(engine, time.time())  # serve the active calibrators from the first request on
+    scorer.refresh(engine, clock())  # serve the active calibrators from the first request on
     notifier = Notifier(settings.notifications, metrics)
-
-    def run_recalibration(
-        model: str, segment: str = "*", trigger: str = "manual", dry_run: bool = False
-    ) -> Outcome:
-        outcome = recalibrate(engine, settings, model, segment, trigger, dry_run)
-        if not dry_run:
-            metrics.recalibrations.labels(outcome.model, outcome.segment, outcome.outcome).inc()
-            if outcome.outcome == "promoted":
-                scorer.refresh(engine, time.time())  # this replica at once; the others at their refresh
-            kind = OUTCOME_EVENTS.get(outcome.outcome, "recalibration_failed")
-            payload = {"trigger": trigger, "reason": outcome.reason, "calibrator_id": outcome.calibrator_id}
-            notifier.notify(kind, outcome.model, outcome.segment, payload)
-        return outcome
-
+    recalibrator = Recalibrator(
+        engine, settings, metrics, lambda: scorer.refresh(engine, clock()), notifier.notify, clock
+    )
+    instance = instance_id or settings.scheduler.instance_id or default_instance_id()
+    lease = LeaderLease(engine, instance, settings.scheduler.lease_ttl_seconds, clock)
+    queue = RecalibrationQueue(recalibrator, may_write=lease.still_held)
+    publisher = SnapshotPublisher(holder, metrics, exposition.refresh)
+    tick = EvaluationTick(
+        engine,
+        settings,
+        observers=[binned.add],
+        publish=publisher,
+        may_write=lease.still_held,
+        submit=queue.submit,
+        notify=notifier.notify,
+        clock=clock,
+    )
     scheduler = Scheduler(
         engine,
         settings,
-        holder,
         metrics,
-        binned,
-        published=exposition.refresh,
-        scorer=scorer,
-        recalibrate=run_recalibration,
-        notify=notifier.notify,
+        tick,
+        publisher,
+        lease,
+        clock=clock,
+        queue=queue,
+        refresh_calibrators=lambda: scorer.refresh(engine, clock()),
     )
     app = create_app(
         settings,
         engine,
         scorer=scorer,
+        clock=clock,
         registry=registry,
         metrics=metrics,
         snapshots=holder,
         render_metrics=exposition.render,
-        recalibrate=run_recalibration,
-        load_report=lambda calibrator_id: load_report(engine, calibrator_id),
+        recalibrator=recalibrator,
         notify=notifier.notify,
-        render_svg=reliability_svg,
     )
-    return Daemon(engine, app, scheduler, registry, notifier)
+    return Daemon(
+        engine, app, scheduler, registry, metrics, holder, exposition, scorer, recalibrator, queue, notifier
+    )
 
 
 def serve(settings: Settings) -> None:

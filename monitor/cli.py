@@ -1,5 +1,10 @@
 """``calmon`` command line: serve, check-config, db, rebuild-aggregates, recalibrate, calibrators,
-dashboards."""
+dashboards.
+
+Every verb takes ``--config`` (before or after the verb, as daemons do) and, where it opens the
+database, ``--database-url``; each verb is one function chosen with ``set_defaults(func=...)``.
+Heavy imports happen inside the verbs so ``calmon --help`` stays quick.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,67 +22,111 @@ from sqlalchemy import Engine
 
 from monitor import __version__
 from monitor.config import ConfigError, Settings, load_settings
+from monitor.vocabulary import MODEL_WIDE
+
+__all__ = ["main"]
+
+Command = Callable[[argparse.Namespace, Settings], int]
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` where there is a literal default; options whose default comes from the
+    configuration say so in their own help text."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _common(database: bool) -> argparse.ArgumentParser:
+    """Options every verb shares; ``default=SUPPRESS`` keeps a value given before the verb."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--config",
+        default=argparse.SUPPRESS,
+        help="YAML config file; CALMON_* environment variables override it (default: none)",
+    )
+    if database:
+        parent.add_argument(
+            "--database-url",
+            default=argparse.SUPPRESS,
+            help="database URL, overriding the config (default: database_url, sqlite:///./calmon.db)",
+        )
+    return parent
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="calmon", description="Calibration monitoring for model confidences."
+        prog="calmon",
+        description="Calibration monitoring for model confidences.",
+        formatter_class=_Help,
     )
     parser.add_argument("--version", action="version", version=f"calmon {__version__}")
-    parser.add_argument("--config", help="YAML config file (CALMON_* environment variables override it)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--config", help="YAML config file; CALMON_* environment variables override it")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    with_db, without_db = _common(database=True), _common(database=False)
 
-    serve = sub.add_parser("serve", help="run the daemon (collector API)")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--database-url")
+    def verb(name: str, func: Command, help: str, database: bool = True) -> argparse.ArgumentParser:
+        found = sub.add_parser(
+            name,
+            help=help,
+            description=help,
+            parents=[with_db if database else without_db],
+            formatter_class=_Help,
+        )
+        found.set_defaults(func=func)
+        return found
 
-    check = sub.add_parser("check-config", help="validate and print the effective config, secrets masked")
-    check.add_argument("--database-url")
-
-    rebuild = sub.add_parser(
+    serve = verb("serve", _serve, "run the daemon: collector API, scheduler and exporter")
+    serve.add_argument("--host", help="address to bind (default: the config's host, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default: the config's port, 8000)")
+    verb("check-config", _check_config, "validate and print the effective configuration, secrets masked")
+    rebuild = verb(
         "rebuild-aggregates",
-        help="recompute the sketch buckets from raw rows (those newer than retention.raw_days)",
+        _rebuild,
+        "recompute the sketch buckets from raw rows (those newer than retention.raw_days)",
     )
     rebuild.add_argument(
         "--all",
         action="store_true",
         help="recompute every bucket, also before the retention cutoff (drops history without raw rows)",
     )
-    rebuild.add_argument("--database-url")
-
-    recal = sub.add_parser("recalibrate", help="fit, gate and promote (or refuse) a calibrator now")
-    recal.add_argument("model")
-    recal.add_argument("--segment", default="*", help="a segment, or * for the model-wide calibrator")
+    recal = verb("recalibrate", _recalibrate, "fit, gate and promote (or refuse) a calibrator now")
+    recal.add_argument("model", help="the model to recalibrate")
+    recal.add_argument("--segment", default=MODEL_WIDE, help="a segment, or * for the model-wide calibrator")
     recal.add_argument("--dry-run", action="store_true", help="decide and report, write nothing")
-    recal.add_argument("--database-url")
-
-    cal = sub.add_parser("calibrators", help="the calibrator registry")
-    cal.add_argument("action", choices=["list", "show", "rollback"])
+    cal = verb("calibrators", _calibrators, "the calibrator registry: list, show or roll back versions")
+    cal.add_argument("action", choices=["list", "show", "rollback"], help="what to do")
     cal.add_argument("id", nargs="?", type=int, help="calibrator id (show, rollback)")
-    cal.add_argument("--model")
-    cal.add_argument("--database-url")
+    cal.add_argument("--model", help="list: only this model (default: every model)")
+    _dashboard_options(
+        verb("dashboards", _dashboards, "the Grafana dashboards: render or push", database=False)
+    )
+    db = verb("db", _db, "schema migrations")
+    db.add_argument(
+        "action", choices=["upgrade", "current"], help="apply the migrations, or show the revision"
+    )
+    return parser
 
-    dash = sub.add_parser("dashboards", help="the Grafana dashboards: render to files or push to a Grafana")
-    dash.add_argument("action", choices=["render", "push"])
+
+def _dashboard_options(dash: argparse.ArgumentParser) -> None:
+    dash.add_argument("action", choices=["render", "push"], help="write JSON files, or upload to a Grafana")
     dash.add_argument("--out", default="dashboards", help="render: directory for the JSON files")
     dash.add_argument("--url", help="push: Grafana base URL (default: $GRAFANA_URL)")
     dash.add_argument(
-        "--token-env", default="GRAFANA_TOKEN", help="push: environment variable holding the API token"
+        "--token-env", default="GRAFANA_TOKEN", help="push: environment variable holding the token"
     )
     dash.add_argument("--folder-uid", default="calmon", help="push: uid of the folder to create or reuse")
     dash.add_argument("--folder-title", default="calmon", help="push: title of that folder")
-    dash.add_argument("--only", action="append", help="push: only this dashboard uid (repeatable)")
-
-    db = sub.add_parser("db", help="schema migrations")
-    db.add_argument("action", choices=["upgrade", "current"])
-    db.add_argument("--database-url")
-    return parser
+    dash.add_argument(
+        "--only", action="append", help="push: only this dashboard uid (repeatable; default: all)"
+    )
 
 
 def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(
-        args.config,
+        getattr(args, "config", None),
         host=getattr(args, "host", None),
         port=getattr(args, "port", None),
         database_url=getattr(args, "database_url", None),
@@ -87,70 +136,21 @@ def _settings(args: argparse.Namespace) -> Settings:
 def main(argv: Sequence[str] | None = None) -> int:
     from monitor.store.migrate import SchemaError
 
-    try:
-        return _main(argv)
-    except SchemaError as exc:
-        print(f"calmon: {exc}", file=sys.stderr)
-        return 2
-
-
-def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = _settings(args)
     except ConfigError as exc:
         print(f"calmon: {exc}", file=sys.stderr)
         return 2
-
     from monitor.logsetup import configure_logging
 
     configure_logging(settings.logging.level, settings.logging.format)
-    if args.command == "check-config":
-        yaml.safe_dump(settings.masked(), sys.stdout, sort_keys=False)
-        return 0
-    if args.command == "db":
-        from monitor.store.engine import create_store_engine
-        from monitor.store.migrate import current_revision, head_revision, upgrade
-
-        engine = create_store_engine(settings.url(), settings.database)
-        try:
-            if args.action == "upgrade":
-                upgrade(engine)
-            print(f"schema revision: {current_revision(engine)} (head: {head_revision()})")
-        finally:
-            engine.dispose()
-        return 0
-    if args.command == "rebuild-aggregates":
-        from monitor.store.aggregates import rebuild
-
-        since = None if args.all else time.time() - settings.retention.raw_days * 86400
-        with _migrated_engine(settings) as engine, engine.begin() as conn:
-            rows = rebuild(
-                conn, settings.evaluation.bucket_seconds, settings.evaluation.fine_bins, since=since
-            )
-        where = (
-            "" if since is None else f" newer than {datetime.fromtimestamp(since, UTC):%Y-%m-%d %H:%M} UTC"
-        )
-        print(f"rebuilt sketch buckets from {rows} prediction rows{where}")
-        return 0
-    if args.command == "recalibrate":
-        from monitor.recalibration.job import recalibrate
-        from monitor.recalibration.report import markdown
-
-        with _migrated_engine(settings) as engine:
-            outcome = recalibrate(engine, settings, args.model, args.segment, "manual", args.dry_run)
-        print(markdown(outcome.report) if outcome.report else f"{outcome.outcome}: {outcome.reason}")
-        return 1 if outcome.outcome == "failed" else 0
-    if args.command == "calibrators":
-        return _calibrators(args, settings)
-    if args.command == "dashboards":
-        return _dashboards(args)
-    if args.command == "serve":
-        from monitor.app import serve
-
-        serve(settings)
-        return 0
-    return 2
+    try:
+        code: int = args.func(args, settings)
+    except SchemaError as exc:
+        print(f"calmon: {exc}", file=sys.stderr)
+        return 2
+    return code
 
 
 @contextmanager
@@ -167,9 +167,55 @@ def _migrated_engine(settings: Settings) -> Iterator[Engine]:
         engine.dispose()
 
 
-def _calibrators(args: argparse.Namespace, settings: Settings) -> int:
-    import time
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from monitor.app import serve
 
+    serve(settings)
+    return 0
+
+
+def _check_config(args: argparse.Namespace, settings: Settings) -> int:
+    yaml.safe_dump(settings.masked(), sys.stdout, sort_keys=False)
+    return 0
+
+
+def _db(args: argparse.Namespace, settings: Settings) -> int:
+    from monitor.store.engine import create_store_engine
+    from monitor.store.migrate import current_revision, head_revision, upgrade
+
+    engine = create_store_engine(settings.url(), settings.database)
+    try:
+        if args.action == "upgrade":
+            upgrade(engine)
+        print(f"schema revision: {current_revision(engine)} (head: {head_revision()})")
+    finally:
+        engine.dispose()
+    return 0
+
+
+def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
+    from monitor.store.aggregates import rebuild
+
+    since = None if args.all else time.time() - settings.retention.raw_days * 86400
+    with _migrated_engine(settings) as engine, engine.begin() as conn:
+        rows = rebuild(conn, settings.evaluation.bucket_seconds, settings.evaluation.fine_bins, since=since)
+    where = "" if since is None else f" newer than {datetime.fromtimestamp(since, UTC):%Y-%m-%d %H:%M} UTC"
+    print(f"rebuilt sketch buckets from {rows} prediction rows{where}")
+    return 0
+
+
+def _recalibrate(args: argparse.Namespace, settings: Settings) -> int:
+    from monitor.recalibration.job import recalibrate
+    from monitor.recalibration.report import markdown
+    from monitor.vocabulary import RecalibrationOutcome, Trigger
+
+    with _migrated_engine(settings) as engine:
+        outcome = recalibrate(engine, settings, args.model, args.segment, Trigger.MANUAL, args.dry_run)
+    print(markdown(outcome.report) if outcome.report else f"{outcome.outcome}: {outcome.reason}")
+    return 1 if outcome.outcome == RecalibrationOutcome.FAILED else 0
+
+
+def _calibrators(args: argparse.Namespace, settings: Settings) -> int:
     import orjson
 
     from monitor.store import calibrators as registry
@@ -190,18 +236,17 @@ def _calibrators(args: argparse.Namespace, settings: Settings) -> int:
                 return 1
             print(orjson.dumps(record.as_dict(), option=orjson.OPT_INDENT_2).decode())
             return 0
-        now = time.time()
         try:
-            rolled, restored = registry.rollback(conn, args.id, now)
+            rolled, restored = registry.rollback(conn, args.id, time.time())
         except (LookupError, ValueError) as exc:
             print(f"calmon: {exc}", file=sys.stderr)
             return 1
-        target = f"version {restored.version}" if restored else "the model-wide calibrator or identity"
-        print(f"rolled back {rolled.model}/{rolled.segment} v{rolled.version}; now serving {target}")
-        return 0
+    target = f"version {restored.version}" if restored else "the model-wide calibrator or identity"
+    print(f"rolled back {rolled.model}/{rolled.segment} v{rolled.version}; now serving {target}")
+    return 0
 
 
-def _dashboards(args: argparse.Namespace) -> int:
+def _dashboards(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "render":
         from monitor.dashboards import render
 

@@ -20,10 +20,10 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from monitor.vocabulary import FITTABLE_METHODS
+
 Scope = Literal["ingest", "read", "admin"]
 TokenAggregation = Literal["mean", "sum", "min"]
-Method = Literal["temperature", "platt", "isotonic", "histogram", "beta"]
-METHODS: tuple[Method, ...] = ("temperature", "platt", "isotonic", "histogram", "beta")
 MASK = "********"
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _DURATION_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -75,7 +75,7 @@ class DriftConfig(_Section):
 
 
 class RecalibrationConfig(_Section):
-    methods: list[Method] = Field(default_factory=lambda: list(METHODS), min_length=1)
+    methods: list[str] = Field(default_factory=lambda: list(FITTABLE_METHODS), min_length=1)
     schedule: str | None = None
     max_rows: int = Field(200_000, ge=100)
     serving_refresh_seconds: float = Field(10.0, gt=0)  # bound on how long a promotion takes to serve
@@ -87,6 +87,14 @@ class RecalibrationConfig(_Section):
     bootstrap_draws: int = Field(500, ge=50)
     on_drift: bool = True  # recalibrate when calibration drift becomes active
     min_logit_rows: int = Field(200, ge=10)  # rows with stored logits and a class label to fit on full logits
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, value: list[str]) -> list[str]:
+        unknown = [m for m in value if m not in FITTABLE_METHODS]
+        if unknown:
+            raise ValueError(f"unknown calibrator method(s) {unknown}; known: {list(FITTABLE_METHODS)}")
+        return value
 
 
 class ModelDriftOverride(_Section):
@@ -189,6 +197,7 @@ class SchedulerConfig(_Section):
     instance_id: str | None = None  # default: hostname:pid
     reconcile_interval_seconds: float = Field(30.0, gt=0)
     misfire_grace_seconds: float = Field(30.0, gt=0)
+    recalibration_poll_seconds: float = Field(1.0, gt=0)  # how soon a queued recalibration starts
 
 
 class LimitsConfig(_Section):

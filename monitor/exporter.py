@@ -16,7 +16,6 @@ and across replicas:
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
 from collections.abc import Iterator
 
 import numpy as np
@@ -24,59 +23,121 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from monitor.evaluation.snapshot import SnapshotHolder
-from monitor.evaluation.windows import OTHER_SEGMENT, WindowStats
-from monitor.store.aggregates import BucketDelta
+from monitor.evaluation.snapshot import Snapshot, SnapshotHolder
+from monitor.evaluation.windows import WindowStats
+from monitor.telemetry import BinnedCounters
+from monitor.vocabulary import Score
+
+__all__ = ["Exposition", "SnapshotCollector"]
 
 WINDOW_LABELS = ("model", "segment", "window", "score")
 
 
-class BinnedCounters:
-    """Per (model, segment, score, bin) running sums of labelled count, confidence and correct.
-
-    Fed by the aggregation job with the label moments it folds in (coarsened to ``ece_bins``).
-    Segments beyond a model's cap are counted as ``other`` so label cardinality stays bounded.
-    """
-
-    def __init__(self, ece_bins: int, max_segments: dict[str, int], default_cap: int):
-        self.ece_bins = ece_bins
-        self._caps = max_segments
-        self._default_cap = default_cap
-        self._lock = threading.Lock()
-        self._segments: dict[str, set[str]] = defaultdict(set)
-        self._sums: dict[tuple[str, str, str], np.ndarray] = {}
-
-    def _segment(self, model: str, segment: str) -> str:
-        seen = self._segments[model]
-        if segment in seen:
-            return segment
-        if len(seen) < self._caps.get(model, self._default_cap):
-            seen.add(segment)
-            return segment
-        return OTHER_SEGMENT
-
-    def add(self, deltas: list[BucketDelta]) -> None:
-        with self._lock:
-            for delta in deltas:
-                fine = delta.moments.shape[1]
-                if fine % self.ece_bins:
-                    raise ValueError(f"ece_bins {self.ece_bins} must divide fine bins {fine}")
-                coarse = delta.moments[[2, 3, 7]].reshape(3, self.ece_bins, fine // self.ece_bins).sum(axis=2)
-                if not coarse[0].any():
-                    continue
-                key = (delta.model, self._segment(delta.model, delta.segment), delta.score)
-                if key in self._sums:
-                    self._sums[key] += coarse
-                else:
-                    self._sums[key] = coarse.copy()
-
-    def items(self) -> list[tuple[tuple[str, str, str], np.ndarray]]:
-        with self._lock:
-            return [(key, value.copy()) for key, value in self._sums.items()]
+# Scalar window gauges: metric name -> (help, WindowStats field).
+SCALARS = {
+    "calmon_expected_calibration_error": ("Expected calibration error (equal-width bins)", "ece"),
+    "calmon_expected_calibration_error_ci_lower": ("Lower bound of the ECE bootstrap CI", "ece_ci_lower"),
+    "calmon_expected_calibration_error_ci_upper": ("Upper bound of the ECE bootstrap CI", "ece_ci_upper"),
+    "calmon_maximum_calibration_error": ("Maximum calibration error over bins", "mce"),
+    "calmon_brier_score": ("Brier score of the confidence", "brier"),
+    "calmon_accuracy_ratio": ("Share of labelled predictions that were correct", "accuracy"),
+    "calmon_mean_confidence": ("Mean confidence of labelled predictions", "mean_confidence"),
+    "calmon_debiased_calibration_error": ("Debiased L2 calibration error (Kumar et al.)", "debiased_ce"),
+    "calmon_calibration_z_score": ("Spiegelhalter Z of calibration", "spiegelhalter_z"),
+    "calmon_confidence_psi": ("PSI of the confidence distribution vs the previous period", "psi"),
+    "calmon_confidence_js_distance": ("Jensen-Shannon distance vs the previous period", "js_distance"),
+}
 
 
 def _gauge(name: str, documentation: str, labels: tuple[str, ...] = WINDOW_LABELS) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, labels=list(labels))
+
+
+def _confidence_buckets(histogram: list[float]) -> list[tuple[str, float]]:
+    """Cumulative ``le`` buckets of a window's confidence histogram (gauge histogram form)."""
+    edges = np.linspace(0.0, 1.0, len(histogram) + 1)[1:]
+    cumulative = np.cumsum(histogram)
+    buckets = [(f"{edge:.4g}", float(count)) for edge, count in zip(edges[:-1], cumulative[:-1], strict=True)]
+    buckets.append(("+Inf", float(cumulative[-1])))
+    return buckets
+
+
+def window_families(stats: list[WindowStats]) -> Iterator[Metric]:
+    """Every per-window gauge family of one snapshot."""
+    families = {name: _gauge(name, doc) for name, (doc, _) in SCALARS.items()}
+    labelled = _gauge("calmon_labelled_predictions", "Labelled predictions made in the window")
+    window_predictions = _gauge("calmon_window_predictions", "Predictions made in the window")
+    coverage = _gauge("calmon_label_coverage_ratio", "Share of the window's predictions that are labelled")
+    reliability = _gauge(
+        "calmon_reliability_bin_accuracy_ratio", "Accuracy per confidence bin", (*WINDOW_LABELS, "bin")
+    )
+    changed = _gauge(
+        "calmon_window_calibrator_changed",
+        "1 while the window mixes the confidences of the serving calibrator and its predecessor",
+        ("model", "segment", "window"),
+    )
+    histogram = GaugeHistogramMetricFamily(
+        "calmon_window_confidence",
+        "Confidence distribution of the window's predictions",
+        labels=list(WINDOW_LABELS),
+    )
+    for s in stats:
+        values = [s.model, s.segment, s.window, s.score]
+        for name, (_, field) in SCALARS.items():
+            value = getattr(s, field)
+            if value is not None:
+                families[name].add_metric(values, float(value))
+        if s.score == Score.CALIBRATED:
+            changed.add_metric([s.model, s.segment, s.window], 1.0 if s.calibrator_changed else 0.0)
+        labelled.add_metric(values, float(s.labelled))
+        window_predictions.add_metric(values, float(s.predictions))
+        coverage.add_metric(values, float(s.label_coverage))
+        for row in s.reliability:
+            if row["accuracy"] is not None:
+                reliability.add_metric([*values, str(row["bin"])], float(row["accuracy"]))
+        if s.histogram:
+            histogram.add_metric(values, _confidence_buckets(s.histogram), gsum_value=s.confidence_sum)
+    yield from families.values()
+    yield from (labelled, window_predictions, coverage, reliability, histogram, changed)
+
+
+def state_families(snapshot: Snapshot | None) -> Iterator[Metric]:
+    """The serving calibrators and the drift flags of one snapshot."""
+    info = GaugeMetricFamily(
+        "calmon_calibrator_info", "The calibrator serving each model and segment",
+        labels=["model", "segment", "version", "method"],
+    )  # fmt: skip
+    for entry in snapshot.calibrators if snapshot is not None else []:
+        info.add_metric([entry["model"], entry["segment"], str(entry["version"]), entry["method"]], 1.0)
+    yield info
+    drift = GaugeMetricFamily(
+        "calmon_drift_detected", "1 while the drift policy finds this kind of drift (see docs)",
+        labels=["model", "segment", "kind"],
+    )  # fmt: skip
+    for entry in snapshot.drift if snapshot is not None else []:
+        drift.add_metric([entry["model"], entry["segment"], entry["kind"]], 1.0 if entry["active"] else 0.0)
+    yield drift
+
+
+def binned_families(binned: BinnedCounters) -> Iterator[Metric]:
+    """The mergeable per-bin counters, from which PromQL computes an ECE over any range."""
+    bin_labels = ["model", "segment", "score", "bin"]
+    count = CounterMetricFamily(
+        "calmon_binned_predictions", "Labelled predictions per confidence bin", labels=bin_labels
+    )
+    confidence = CounterMetricFamily(
+        "calmon_binned_confidence_sum", "Sum of confidence of labelled predictions per bin", labels=bin_labels
+    )
+    correct = CounterMetricFamily(
+        "calmon_binned_correct", "Correct labelled predictions per bin", labels=bin_labels
+    )
+    for (model, segment, score), sums in binned.items():
+        for b in range(sums.shape[1]):
+            labels = [model, segment, score, str(b)]
+            count.add_metric(labels, float(sums[0, b]))
+            confidence.add_metric(labels, float(sums[1, b]))
+            correct.add_metric(labels, float(sums[2, b]))
+    yield from (count, confidence, correct)
 
 
 class SnapshotCollector(Collector):
@@ -88,114 +149,9 @@ class SnapshotCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         snapshot = self._holder.get()
-        stats: list[WindowStats] = snapshot.stats if snapshot is not None else []
-        scalar = {
-            "calmon_expected_calibration_error": ("Expected calibration error (equal-width bins)", "ece"),
-            "calmon_expected_calibration_error_ci_lower": (
-                "Lower bound of the ECE bootstrap CI",
-                "ece_ci_lower",
-            ),
-            "calmon_expected_calibration_error_ci_upper": (
-                "Upper bound of the ECE bootstrap CI",
-                "ece_ci_upper",
-            ),
-            "calmon_maximum_calibration_error": ("Maximum calibration error over bins", "mce"),
-            "calmon_brier_score": ("Brier score of the confidence", "brier"),
-            "calmon_accuracy_ratio": ("Share of labelled predictions that were correct", "accuracy"),
-            "calmon_mean_confidence": ("Mean confidence of labelled predictions", "mean_confidence"),
-            "calmon_debiased_calibration_error": (
-                "Debiased L2 calibration error (Kumar et al.)",
-                "debiased_ce",
-            ),
-            "calmon_calibration_z_score": ("Spiegelhalter Z of calibration", "spiegelhalter_z"),
-            "calmon_confidence_psi": ("PSI of the confidence distribution vs the previous period", "psi"),
-            "calmon_confidence_js_distance": (
-                "Jensen-Shannon distance vs the previous period",
-                "js_distance",
-            ),
-        }
-        families = {name: _gauge(name, doc) for name, (doc, _) in scalar.items()}
-        labelled = _gauge("calmon_labelled_predictions", "Labelled predictions made in the window")
-        window_predictions = _gauge("calmon_window_predictions", "Predictions made in the window")
-        coverage = _gauge(
-            "calmon_label_coverage_ratio", "Share of the window's predictions that are labelled"
-        )
-        reliability = _gauge(
-            "calmon_reliability_bin_accuracy_ratio", "Accuracy per confidence bin", (*WINDOW_LABELS, "bin")
-        )
-        changed = _gauge(
-            "calmon_window_calibrator_changed",
-            "1 while the window mixes the confidences of the serving calibrator and its predecessor",
-            ("model", "segment", "window"),
-        )
-        histogram = GaugeHistogramMetricFamily(
-            "calmon_window_confidence",
-            "Confidence distribution of the window's predictions",
-            labels=list(WINDOW_LABELS),
-        )
-        for s in stats:
-            values = [s.model, s.segment, s.window, s.score]
-            for name, (_, field) in scalar.items():
-                value = getattr(s, field)
-                if value is not None:
-                    families[name].add_metric(values, float(value))
-            if s.score == "calibrated":
-                changed.add_metric([s.model, s.segment, s.window], 1.0 if s.calibrator_changed else 0.0)
-            labelled.add_metric(values, float(s.labelled))
-            window_predictions.add_metric(values, float(s.predictions))
-            coverage.add_metric(values, float(s.label_coverage))
-            for row in s.reliability:
-                if row["accuracy"] is not None:
-                    reliability.add_metric([*values, str(row["bin"])], float(row["accuracy"]))
-            if s.histogram:
-                edges = np.linspace(0.0, 1.0, len(s.histogram) + 1)[1:]
-                cumulative = np.cumsum(s.histogram)
-                buckets = [
-                    (f"{edge:.4g}", float(count))
-                    for edge, count in zip(edges[:-1], cumulative[:-1], strict=True)
-                ]
-                buckets.append(("+Inf", float(cumulative[-1])))
-                histogram.add_metric(values, buckets, gsum_value=s.confidence_sum)
-        yield from families.values()
-        yield from (labelled, window_predictions, coverage, reliability, histogram, changed)
-
-        info = GaugeMetricFamily(
-            "calmon_calibrator_info", "The calibrator serving each model and segment",
-            labels=["model", "segment", "version", "method"],
-        )  # fmt: skip
-        for entry in snapshot.calibrators if snapshot is not None else []:
-            info.add_metric([entry["model"], entry["segment"], str(entry["version"]), entry["method"]], 1.0)
-        yield info
-
-        drift = GaugeMetricFamily(
-            "calmon_drift_detected", "1 while the drift policy finds this kind of drift (see docs)",
-            labels=["model", "segment", "kind"],
-        )  # fmt: skip
-        for entry in snapshot.drift if snapshot is not None else []:
-            drift.add_metric(
-                [entry["model"], entry["segment"], entry["kind"]], 1.0 if entry["active"] else 0.0
-            )
-        yield drift
-
-        bin_labels = ["model", "segment", "score", "bin"]
-        count = CounterMetricFamily(
-            "calmon_binned_predictions", "Labelled predictions per confidence bin", labels=bin_labels
-        )
-        confidence = CounterMetricFamily(
-            "calmon_binned_confidence_sum",
-            "Sum of confidence of labelled predictions per bin",
-            labels=bin_labels,
-        )
-        correct = CounterMetricFamily(
-            "calmon_binned_correct", "Correct labelled predictions per bin", labels=bin_labels
-        )
-        for (model, segment, score), sums in self._binned.items():
-            for b in range(sums.shape[1]):
-                labels = [model, segment, score, str(b)]
-                count.add_metric(labels, float(sums[0, b]))
-                confidence.add_metric(labels, float(sums[1, b]))
-                correct.add_metric(labels, float(sums[2, b]))
-        yield from (count, confidence, correct)
+        yield from window_families(snapshot.stats if snapshot is not None else [])
+        yield from state_families(snapshot)
+        yield from binned_families(self._binned)
 
 
 class Exposition:

@@ -1,16 +1,32 @@
-"""The daemon's own counters and gauges, shared by the collector, the scheduler and the exporter.
+"""The daemon's own telemetry, shared by the collector, the scheduler and the exporter: the service
+counters and gauges, and the mergeable per-bin counters the fold feeds.
 
-Created once per daemon on a registry passed in (no module-level registry).
+Created once per daemon on a registry passed in (no module-level registry). Fed by the working
+parts, read by ``exporter``; it imports nothing of calmon but the vocabulary and the sketch layout.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import defaultdict
 from collections.abc import Iterable
+from typing import Protocol
 
+import numpy as np
+from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-INITIAL_FEEDBACK_OUTCOMES = ("matched", "pending")  # what means "labels are arriving"
-RECALIBRATION_OUTCOMES = ("promoted", "rejected", "failed")
+from monitor.calibration.sketch import LABEL_SUMS
+from monitor.vocabulary import MODEL_WIDE, OTHER_SEGMENT, FeedbackOutcome, RecalibrationOutcome
+
+__all__ = ["BinnedCounters", "ServiceMetrics"]
+
+INITIAL_FEEDBACK_OUTCOMES = (FeedbackOutcome.MATCHED, FeedbackOutcome.PENDING)  # "labels are arriving"
+RECALIBRATION_OUTCOMES = (
+    RecalibrationOutcome.PROMOTED,
+    RecalibrationOutcome.REJECTED,
+    RecalibrationOutcome.FAILED,
+)
 
 
 class ServiceMetrics:
@@ -81,7 +97,66 @@ class ServiceMetrics:
                 continue
             self._initialised.add(model)
             self.predictions.labels(model)
-            for outcome in INITIAL_FEEDBACK_OUTCOMES:
-                self.feedback.labels(model, outcome)
-            for outcome in RECALIBRATION_OUTCOMES:
-                self.recalibrations.labels(model, "*", outcome)
+            for feedback in INITIAL_FEEDBACK_OUTCOMES:
+                self.feedback.labels(model, str(feedback))
+            for recalibration in RECALIBRATION_OUTCOMES:
+                self.recalibrations.labels(model, MODEL_WIDE, str(recalibration))
+
+
+class FoldedBucket(Protocol):
+    """What the fold reports per bucket it changed (``store.aggregates.BucketDelta``)."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def segment(self) -> str: ...
+    @property
+    def score(self) -> str: ...
+    @property
+    def moments(self) -> NDArray[np.float64]: ...
+
+
+class BinnedCounters:
+    """Per (model, segment, score, bin) running sums of labelled count, confidence and correct.
+
+    Fed by the fold with the label moments it adds (coarsened to ``ece_bins``); exported as the
+    ``calmon_binned_*_total`` counters. Segments beyond a model's cap are counted as ``other`` so
+    label cardinality stays bounded.
+    """
+
+    def __init__(self, ece_bins: int, max_segments: dict[str, int], default_cap: int):
+        self.ece_bins = ece_bins
+        self._caps = max_segments
+        self._default_cap = default_cap
+        self._lock = threading.Lock()
+        self._segments: dict[str, set[str]] = defaultdict(set)
+        self._sums: dict[tuple[str, str, str], NDArray[np.float64]] = {}
+
+    def _segment(self, model: str, segment: str) -> str:
+        seen = self._segments[model]
+        if segment in seen:
+            return segment
+        if len(seen) < self._caps.get(model, self._default_cap):
+            seen.add(segment)
+            return segment
+        return OTHER_SEGMENT
+
+    def add(self, deltas: Iterable[FoldedBucket]) -> None:
+        with self._lock:
+            for delta in deltas:
+                fine = delta.moments.shape[1]
+                if fine % self.ece_bins:
+                    raise ValueError(f"ece_bins {self.ece_bins} must divide fine bins {fine}")
+                sums = delta.moments[list(LABEL_SUMS)]
+                coarse = sums.reshape(len(LABEL_SUMS), self.ece_bins, fine // self.ece_bins).sum(axis=2)
+                if not coarse[0].any():
+                    continue
+                key = (delta.model, self._segment(delta.model, delta.segment), str(delta.score))
+                if key in self._sums:
+                    self._sums[key] += coarse
+                else:
+                    self._sums[key] = coarse.copy()
+
+    def items(self) -> list[tuple[tuple[str, str, str], NDArray[np.float64]]]:
+        with self._lock:
+            return [(key, value.copy()) for key, value in self._sums.items()]

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
-import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 from fastapi.testclient import TestClient
@@ -19,24 +19,36 @@ from monitor.config import Settings, load_settings
 from monitor.store.engine import create_store_engine
 from monitor.store.migrate import upgrade
 from tests.support import pgcluster
-
-REQUIRE_SERVICES = os.environ.get("CALMON_REQUIRE_SERVICES") == "1"
-
-
-def missing_service(message: str) -> None:
-    """Skip (developer machine) or fail (CI: CALMON_REQUIRE_SERVICES=1) when a real service is absent."""
-    if REQUIRE_SERVICES:
-        pytest.fail(f"required service missing: {message}")
-    pytest.skip(message)
+from tests.support.services import missing_service
 
 
-def require_binary(name: str, package: str) -> str:
-    """The path of a real tool the test needs, or skip/fail naming the Debian package that brings it."""
-    found = shutil.which(name)
-    if found is None:
-        missing_service(f"{name} not found; install Debian's {package!r} package (apt-get install {package})")
-    assert found is not None
-    return found
+class MakeSettings(Protocol):
+    def __call__(self, **overrides: Any) -> Settings: ...
+
+
+class MakeClient(Protocol):
+    def __call__(self, settings: Settings | None = None, **kwargs: Any) -> TestClient: ...
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """``calmon.cli.main`` installs a root handler on the stream of the moment (pytest's captured
+    stderr); left in place, threads of later tests would log to a closed file. Put it all back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    loggers = {
+        name: (logger.handlers[:], logger.level, logger.propagate)
+        for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "alembic", "apscheduler")
+        for logger in [logging.getLogger(name)]
+    }
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, (saved, saved_level, propagate) in loggers.items():
+        logger = logging.getLogger(name)
+        logger.handlers[:] = saved
+        logger.setLevel(saved_level)
+        logger.propagate = propagate
 
 
 class PgServer:
@@ -127,7 +139,7 @@ def engine(db_url: str) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def make_settings(db_url: str) -> Callable[..., Settings]:
+def make_settings(db_url: str) -> MakeSettings:
     def build(**overrides: Any) -> Settings:
         return load_settings(None, database_url=db_url, **overrides)
 
@@ -135,9 +147,7 @@ def make_settings(db_url: str) -> Callable[..., Settings]:
 
 
 @pytest.fixture
-def make_client(
-    engine: Engine, make_settings: Callable[..., Settings]
-) -> Iterator[Callable[..., TestClient]]:
+def make_client(engine: Engine, make_settings: MakeSettings) -> Iterator[MakeClient]:
     clients: list[TestClient] = []
 
     def build(settings: Settings | None = None, **kwargs: Any) -> TestClient:
@@ -151,5 +161,5 @@ def make_client(
 
 
 @pytest.fixture
-def client(make_client: Callable[..., TestClient]) -> TestClient:
+def client(make_client: MakeClient) -> TestClient:
     return make_client()

@@ -8,9 +8,8 @@ from typing import Any
 
 import yaml
 
-from tests.conftest import require_binary
-from tests.support.promql import metric_names
-from tests.test_dashboards import exporter_names, promtool
+from tests.support.promql import exporter_names, metric_names
+from tests.support.services import promtool, require_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "alerts" / "calmon.rules.yml"

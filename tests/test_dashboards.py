@@ -7,20 +7,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry, generate_latest
 
 from monitor import dashboards as builder
-from monitor.telemetry import ServiceMetrics
-from tests.conftest import require_binary
-from tests.support.promql import check_with_promtool, expand, exported_names, metric_names
+from tests.support.promql import check_with_promtool, expand, exporter_names, metric_names
+from tests.support.services import promtool
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARDS = ROOT / "dashboards"
 GOLDEN = Path(__file__).with_name("golden") / "exposition.txt"
-
-
-def promtool() -> str:
-    return require_binary("promtool", "prometheus")
 
 
 def all_queries() -> list[tuple[str, str, str]]:
@@ -29,14 +23,6 @@ def all_queries() -> list[tuple[str, str, str]]:
         for uid, dashboard in builder.dashboards().items()
         for where, expr in builder.queries(dashboard)
     ]
-
-
-def exporter_names() -> set[str]:
-    """Every sample name calmon can export: the snapshot families (golden) and the live registry."""
-    registry = CollectorRegistry()
-    ServiceMetrics(registry)
-    live = generate_latest(registry).decode()
-    return exported_names(GOLDEN.read_text()) | exported_names(live)
 
 
 def test_checked_in_json_is_the_builder_output(tmp_path: Path) -> None:

@@ -19,8 +19,7 @@ import pytest
 import yaml
 
 from monitor.config import load_settings
-from tests.conftest import require_binary
-from tests.test_dashboards import promtool
+from tests.support.services import promtool, require_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

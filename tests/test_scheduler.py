@@ -5,77 +5,42 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 
-from monitor.collector.api import create_app
+from monitor.app import Daemon
 from monitor.config import Settings
-from monitor.evaluation.snapshot import SnapshotHolder
-from monitor.exporter import BinnedCounters, Exposition
-from monitor.scheduler import Scheduler
-from monitor.telemetry import ServiceMetrics
+from monitor.evaluation.tick import SNAPSHOT, LeaseLost
+from monitor.recalibration.service import RecalibrationQueue
+from monitor.store.coordination import load_snapshot
+from monitor.store.events import list_events
+from tests.conftest import MakeSettings
 from tests.helpers import post_feedback, post_predictions
+from tests.support.harness import Clock, build_daemon, sample
 
 
-class Clock:
-    def __init__(self, now: float = 1_800_000_000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def build(engine: Engine, settings: Settings, clock: Callable[[], float], instance: str) -> dict[str, Any]:
-    """The daemon's parts as app.build wires them, with an injectable clock and instance id."""
-    registry = CollectorRegistry()
-    metrics = ServiceMetrics(registry)
-    holder = SnapshotHolder()
-    binned = BinnedCounters(settings.evaluation.ece_bins, {}, settings.evaluation.max_segments)
-    exposition = Exposition(registry, holder, binned)
-    settings = settings.model_copy(
-        update={"scheduler": settings.scheduler.model_copy(update={"instance_id": instance})}
-    )
-    scheduler = Scheduler(engine, settings, holder, metrics, binned, clock, published=exposition.refresh)
-    app = create_app(
-        settings,
-        engine,
-        clock=clock,
-        registry=registry,
-        metrics=metrics,
-        snapshots=holder,
-        render_metrics=exposition.render,
-    )
-    return {
-        "scheduler": scheduler,
-        "exposition": exposition,
-        "metrics": metrics,
-        "holder": holder,
-        "app": app,
-    }
+@dataclass
+class Parts:
+    daemon: Daemon
+    clock: Clock
+    client: TestClient
 
 
 @pytest.fixture
-def parts(engine: Engine, make_settings: Callable[..., Settings]) -> Iterator[dict[str, Any]]:
+def parts(engine: Engine, make_settings: MakeSettings) -> Iterator[Parts]:
     clock = Clock()
-    built = build(engine, make_settings(), clock, "replica-a")
-    built["clock"] = clock
-    built["client"] = TestClient(built["app"])
-    yield built
-    built["client"].close()
+    daemon = build_daemon(engine, make_settings(), clock, "replica-a")
+    with TestClient(daemon.app) as client:
+        yield Parts(daemon, clock, client)
 
 
-def sample(metric: str, exposition: Exposition, **labels: str) -> float | None:
-    value = exposition.live.get_sample_value(metric, labels)
-    return value if value is not None else exposition.snapshot_registry.get_sample_value(metric, labels)
-
-
-def test_evaluation_publishes_snapshot_metrics_and_api(parts: dict[str, Any]) -> None:
-    client, clock, scheduler = parts["client"], parts["clock"], parts["scheduler"]
+def test_evaluation_publishes_snapshot_metrics_and_api(parts: Parts) -> None:
+    client, clock, scheduler = parts.client, parts.clock, parts.daemon.scheduler
     rng = np.random.default_rng(3)
     p = rng.uniform(0.5, 1.0, 400)
     records = [
@@ -93,7 +58,7 @@ def test_evaluation_publishes_snapshot_metrics_and_api(parts: dict[str, Any]) ->
     scheduler.renew_lease()
     assert scheduler.is_leader
     snapshot = scheduler.evaluate_once()
-    registry = parts["exposition"]
+    registry = parts.daemon.exposition
     ece = sample(
         "calmon_expected_calibration_error", registry, model="qa", segment="*", window="1h", score="raw"
     )
@@ -143,8 +108,8 @@ def test_only_the_lease_holder_runs_jobs_and_the_lease_moves_after_expiry(
 ) -> None:
     clock = Clock()
     settings = make_settings(scheduler={"lease_ttl_seconds": 10})
-    a = build(engine, settings, clock, "replica-a")["scheduler"]
-    b = build(engine, settings, clock, "replica-b")["scheduler"]
+    a = build_daemon(engine, settings, clock, "replica-a").scheduler
+    b = build_daemon(engine, settings, clock, "replica-b").scheduler
     a.renew_lease()
     b.renew_lease()
     assert (a.is_leader, b.is_leader) == (True, False)
@@ -159,29 +124,86 @@ def test_only_the_lease_holder_runs_jobs_and_the_lease_moves_after_expiry(
     assert not a.is_leader  # the old holder cannot take it back while b renews
 
 
-def test_a_failing_job_is_counted_and_does_not_stop_the_scheduler(parts: dict[str, Any]) -> None:
-    scheduler, registry = parts["scheduler"], parts["exposition"]
-    scheduler.is_leader = True
+def test_a_tick_that_outlived_its_lease_writes_and_queues_nothing(
+    engine: Engine, make_settings: MakeSettings
+) -> None:
+    clock = Clock()
+    settings = make_settings(
+        scheduler={"lease_ttl_seconds": 10}, drift={"consecutive": 1, "min_labelled": 500}
+    )
+    a = build_daemon(engine, settings, clock, "replica-a")
+    b = build_daemon(engine, settings, clock, "replica-b")
+    rng = np.random.default_rng(5)
+    p = rng.uniform(0.5, 1.0, 2000)
+    truth = rng.random(2000) < p - 0.3  # overconfident: a completed tick would raise drift and queue a refit
+    with TestClient(a.app) as client:
+        post_predictions(client, [{"model": "m", "id": f"p{i}", "confidence": float(v), "ts": clock.now - 30}
+                                  for i, v in enumerate(p)])  # fmt: skip
+        post_feedback(
+            client, [{"model": "m", "id": f"p{i}", "correct": bool(t)} for i, t in enumerate(truth)]
+        )
+    a.scheduler.renew_lease()
+    assert a.scheduler.is_leader
+    clock.now += 11  # a stalls past its TTL (a GC pause, a partition); b takes over
+    b.scheduler.renew_lease()
+    assert b.scheduler.is_leader
+    with pytest.raises(LeaseLost):
+        a.scheduler.evaluate_once()
+    assert not a.scheduler.is_leader and a.queue.waiting() == []
+    with engine.connect() as conn:
+        assert list_events(conn, kind="drift_detected") == []
+        assert load_snapshot(conn, SNAPSHOT) is None
+    b.scheduler.evaluate_once()  # the new leader does write
+    with engine.connect() as conn:
+        assert [e["payload"]["kind"] for e in list_events(conn, kind="drift_detected", model="m")]
+    assert b.queue.waiting() == [("m", "*")]
+
+
+def test_queued_recalibrations_run_once_each_and_stop_when_the_lease_is_lost(
+    engine: Engine, make_settings: MakeSettings
+) -> None:
+    ran: list[tuple[str, str, str]] = []
+    held = [True]
+
+    class Runner:
+        def run(self, model: str, segment: str = "*", trigger: str = "manual", dry_run: bool = False) -> Any:
+            ran.append((model, segment, trigger))
+            return None
+
+    queue = RecalibrationQueue(Runner(), may_write=lambda: held[0])
+    assert queue.submit("m", "*", "drift") and not queue.submit("m", "*", "drift")  # once per series
+    assert queue.submit("m", "billing", "drift")
+    queue.drain()
+    assert ran == [("m", "*", "drift"), ("m", "billing", "drift")] and queue.waiting() == []
+    queue.submit("n", "*", "schedule")
+    held[0] = False
+    queue.drain()
+    assert ran[-1][0] == "m" and queue.waiting() == []  # dropped: the new leader judges afresh
+
+
+def test_a_failing_job_is_counted_and_does_not_stop_the_scheduler(parts: Parts) -> None:
+    scheduler, registry = parts.daemon.scheduler, parts.daemon.exposition
+    scheduler.lease.is_leader = True
     calls = []
 
     def broken() -> None:
         calls.append(1)
         raise RuntimeError("boom")
 
-    job = scheduler._guard("evaluate", broken)
+    job = scheduler.guard("evaluate", broken)
     job()
     job()  # runs again next tick
     assert len(calls) == 2
     assert sample("calmon_job_runs_total", registry, task="evaluate", outcome="failure") == 2
-    scheduler.is_leader = False
+    scheduler.lease.is_leader = False
     job()
     assert len(calls) == 2  # leader-only jobs are skipped on followers
 
 
 def test_a_slow_job_never_blocks_ingest(engine: Engine, make_settings: Callable[..., Settings]) -> None:
     settings = make_settings(evaluation={"interval_seconds": 0.2}, scheduler={"lease_ttl_seconds": 3})
-    built = build(engine, settings, time.time, "replica-slow")
-    scheduler = built["scheduler"]
+    built = build_daemon(engine, settings, time.time, "replica-slow")
+    scheduler = built.scheduler
     release = threading.Event()
     started = threading.Event()
     original = scheduler.evaluate_once
@@ -195,7 +217,7 @@ def test_a_slow_job_never_blocks_ingest(engine: Engine, make_settings: Callable[
     scheduler.start()
     try:
         assert started.wait(10)
-        with TestClient(built["app"]) as client:
+        with TestClient(built.app) as client:
             began = time.perf_counter()
             for i in range(5):
                 response = post_predictions(client, [{"model": "m", "id": f"x{i}", "confidence": 0.5}])
@@ -219,8 +241,8 @@ def test_retention_deletes_only_folded_raw_rows_and_keeps_buckets_longer(
     day = 86400.0
     clock = Clock()
     settings = make_settings(retention={"raw_days": 30, "sketch_days": 60, "batch_rows": 100})
-    parts = build(engine, settings, clock, "replica-r")
-    scheduler = parts["scheduler"]
+    parts = build_daemon(engine, settings, clock, "replica-r")
+    scheduler = parts.scheduler
 
     def row(pid: str, age_days: float) -> PredictionRow:
         return PredictionRow(
@@ -235,7 +257,7 @@ def test_retention_deletes_only_folded_raw_rows_and_keeps_buckets_longer(
         apply_feedback(
             conn, [FeedbackItem("m", "orphan", True, None)], clock.now - 40 * day
         )  # parked long ago
-    scheduler.aggregate_once()
+    scheduler.tick.fold(clock.now)
     with engine.begin() as conn:
         insert_predictions(conn, [row("old-unfolded", 40)], 0)  # not yet in the buckets: must survive
         apply_feedback(conn, [FeedbackItem("m", "old1", False, None)], clock.now)  # label not folded yet

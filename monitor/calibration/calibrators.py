@@ -8,7 +8,7 @@ Edge cases, the same for every method:
 * Confidences of exactly 0 or 1 are clipped to [2^-53, 1 - 2^-53] (the float64 neighbours inside
   (0, 1)) where a logit is taken, so distinct inputs stay distinct: a coarser clip merged
   GaussianNB confidences like 1 - 1e-14 and 1.0 and cost ranking (AUROC) on real data.
-* Fitting needs at least one sample; with fewer than ``MIN_SAMPLES`` or a single class the fit is
+* Fitting needs at least one sample; with very few samples or a single class the fit is
   still defined: parametric fits are regularised (bounded parameters, Platt's prior-corrected
   targets) and non-parametric ones never output exactly 0 or 1 (a finite sample cannot justify
   certainty): outputs stay within [1/(n+2), (n+1)/(n+2)].
@@ -27,7 +27,6 @@ from scipy.special import expit, log_expit, softmax
 from monitor.calibration.metrics import FloatArray, validate
 
 CLIP = 2.0**-53
-MIN_SAMPLES = 20
 # Inverse-temperature bounds. Scalar mode works on logits of probabilities (|z| <= 27.6), where
 # T in [0.02, 50] spans every useful map; raw multi-class logits can be on any scale, so that mode
 # allows log(beta) in [-10, 10] like scikit-learn.

@@ -132,9 +132,26 @@ def bin_stats(p: FloatArray, y: FloatArray, n_bins: int, strategy: Strategy = "u
     )
 
 
+def binned_gap(index: IntArray, p: FloatArray, y: FloatArray, n_bins: int) -> FloatArray:
+    """Per bin, sum y - sum p: the signed calibration gap, weighted by the bin's count.
+
+    The one formula behind every ECE here: ``sum_b n_b |acc_b - conf_b| = sum_b |sum y - sum p|``,
+    with no division, so empty bins contribute 0.
+    """
+    return np.asarray(
+        np.bincount(index, weights=y, minlength=n_bins) - np.bincount(index, weights=p, minlength=n_bins),
+        dtype=np.float64,
+    )
+
+
+def ece_from_gap(gap: FloatArray, total: float) -> FloatArray:
+    """ECE from signed per-bin gaps (``binned_gap``; bins on the last axis) over ``total`` samples:
+    a 0-d array for one gap vector, one value per row for a matrix of bootstrap draws."""
+    return np.asarray(np.abs(gap).sum(axis=-1) / total, dtype=np.float64)
+
+
 def ece_from_bins(stats: BinStats) -> float:
-    # sum_b n_b |acc_b - conf_b| = sum_b |sum y - sum p|: no division, empty bins contribute 0.
-    return float(np.sum(np.abs(stats.sum_correct - stats.sum_confidence)) / stats.total)
+    return float(ece_from_gap(stats.sum_correct - stats.sum_confidence, stats.total))
 
 
 def mce_from_bins(stats: BinStats) -> float:
@@ -164,11 +181,7 @@ def expected_calibration_error(
     """ECE = sum_b (n_b / N) |acc_b - conf_b| over ``(lo, hi]`` bins (0 in the first)."""
     p, y = validate(confidence, correct)
     if strategy == "uniform":  # hot path: no per-bin counts needed
-        index = bin_index(p, n_bins)
-        gap = np.bincount(index, weights=y, minlength=n_bins) - np.bincount(
-            index, weights=p, minlength=n_bins
-        )
-        return float(np.abs(gap).sum() / p.size)
+        return float(ece_from_gap(binned_gap(bin_index(p, n_bins), p, y, n_bins), p.size))
     return ece_from_bins(bin_stats(p, y, n_bins, strategy))
 
 
@@ -319,27 +332,12 @@ def ece_bootstrap_ci(
         index = bin_index(p, n_bins)
         for b in range(n_boot):
             pick = rng.integers(0, n, n)
-            i = index[pick]
-            gap = np.bincount(i, weights=y[pick], minlength=n_bins) - np.bincount(
-                i, weights=p[pick], minlength=n_bins
-            )
-            values[b] = float(np.abs(gap).sum() / n)
+            values[b] = float(ece_from_gap(binned_gap(index[pick], p[pick], y[pick], n_bins), n))
     else:
         for b in range(n_boot):
             pick = rng.integers(0, n, n)
             values[b] = ece_from_bins(bin_stats(p[pick], y[pick], n_bins, strategy))
-    estimate = (
-        expected_calibration_error(p, y, n_bins, strategy)
-        if strategy != "uniform"
-        else _ece_sums(p, y, n_bins)
-    )
-    return bias_corrected_interval(values, estimate, level)
-
-
-def _ece_sums(p: FloatArray, y: FloatArray, n_bins: int) -> float:
-    index = bin_index(p, n_bins)
-    gap = np.bincount(index, weights=y, minlength=n_bins) - np.bincount(index, weights=p, minlength=n_bins)
-    return float(np.abs(gap).sum() / p.size)
+    return bias_corrected_interval(values, expected_calibration_error(p, y, n_bins, strategy), level)
 
 
 def bias_corrected_interval(boot: FloatArray, estimate: float, level: float) -> tuple[float, float]:

@@ -260,13 +260,14 @@ def _paired_ece_difference_ci(
     for b in range(n_boot):
         pick = rng.integers(0, n, n)
         yy = y[pick]
-        ga = np.bincount(ia[pick], weights=yy, minlength=n_bins) - np.bincount(
-            ia[pick], weights=q_active[pick], minlength=n_bins
+        gaps = np.stack(
+            [
+                metrics.binned_gap(ia[pick], q_active[pick], yy, n_bins),
+                metrics.binned_gap(ic[pick], q_candidate[pick], yy, n_bins),
+            ]
         )
-        gc = np.bincount(ic[pick], weights=yy, minlength=n_bins) - np.bincount(
-            ic[pick], weights=q_candidate[pick], minlength=n_bins
-        )
-        diffs[b] = (np.abs(ga).sum() - np.abs(gc).sum()) / n
+        active, candidate = metrics.ece_from_gap(gaps, n)
+        diffs[b] = active - candidate
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile(diffs, [alpha, 1.0 - alpha])
     return float(low), float(high)

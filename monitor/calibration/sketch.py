@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any
 
 import numpy as np
@@ -26,8 +27,36 @@ from numpy.typing import ArrayLike, NDArray
 from monitor.calibration import metrics
 from monitor.calibration.metrics import BinStats, FloatArray, ReliabilityTable
 
-MOMENTS = ("n", "sum_p", "n_l", "s1", "s2", "s3", "s4", "sy", "syp", "sll")
-_N, _SUM_P, _N_L, _S1, _S2, _S3, _S4, _SY, _SYP, _SLL = range(len(MOMENTS))
+__all__ = [
+    "DEFAULT_FINE_BINS",
+    "LABEL_SUMS",
+    "MOMENTS",
+    "CalibrationSketch",
+    "Moment",
+    "SketchMetrics",
+    "grouped_moments",
+]
+
+
+class Moment(IntEnum):
+    """Row of each moment in ``CalibrationSketch.moments`` (also the ``sketch_bins`` column order)."""
+
+    N = 0  # predictions, labelled or not
+    SUM_P = 1  # their summed confidence
+    N_L = 2  # labelled predictions
+    S1 = 3  # sum p over labelled
+    S2 = 4  # sum p^2
+    S3 = 5  # sum p^3
+    S4 = 6  # sum p^4
+    SY = 7  # sum y (correct)
+    SYP = 8  # sum y p
+    SLL = 9  # sum of log-likelihoods
+
+
+MOMENTS: tuple[str, ...] = tuple(m.name.lower() for m in Moment)  # "n", "sum_p", "n_l", "s1", ...
+# What an ECE needs per bin: labelled count, summed confidence, summed correctness.
+LABEL_SUMS: tuple[Moment, Moment, Moment] = (Moment.N_L, Moment.S1, Moment.SY)
+_N, _SUM_P, _N_L, _S1, _S2, _S3, _S4, _SY, _SYP, _SLL = Moment
 DEFAULT_FINE_BINS = 120
 _MAGIC = b"CSK1"
 
@@ -78,17 +107,8 @@ class CalibrationSketch:
     def add_labelled(self, confidence: ArrayLike, correct: ArrayLike) -> CalibrationSketch:
         """Add the label moments of predictions already counted by ``add_predictions`` (late labels)."""
         p, y = metrics.validate(confidence, correct)
-        index = metrics.bin_index(p, self.fine_bins)
-        f = self.fine_bins
-        p2 = p * p
-        self.moments[_N_L] += np.bincount(index, minlength=f)
-        self.moments[_S1] += np.bincount(index, weights=p, minlength=f)
-        self.moments[_S2] += np.bincount(index, weights=p2, minlength=f)
-        self.moments[_S3] += np.bincount(index, weights=p2 * p, minlength=f)
-        self.moments[_S4] += np.bincount(index, weights=p2 * p2, minlength=f)
-        self.moments[_SY] += np.bincount(index, weights=y, minlength=f)
-        self.moments[_SYP] += np.bincount(index, weights=y * p, minlength=f)
-        self.moments[_SLL] += np.bincount(index, weights=metrics.log_likelihood(p, y), minlength=f)
+        none = np.zeros(p.size, dtype=bool)
+        self.moments += grouped_moments(np.zeros(p.size, dtype=np.int64), 1, self.fine_bins, p, y, none)[0]
         return self
 
     def add(self, confidence: ArrayLike, correct: ArrayLike | None = None) -> CalibrationSketch:
@@ -287,9 +307,7 @@ class CalibrationSketch:
         conf = stats.sum_confidence[occupied] / stats.count[occupied]
         counts = rng.multinomial(total, freq, size=n_boot)
         correct = rng.binomial(counts, acc)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            gaps = np.abs(correct - counts * conf)
-        values = gaps.sum(axis=1) / total
+        values = metrics.ece_from_gap(correct - counts * conf, total)
         return metrics.bias_corrected_interval(values, metrics.ece_from_bins(stats), level)
 
     def metrics(self, n_bins: int = 15) -> SketchMetrics:
@@ -311,3 +329,41 @@ class CalibrationSketch:
             spiegelhalter_z=z,
             spiegelhalter_p=p_value,
         )
+
+
+def grouped_moments(
+    group: NDArray[np.int64],
+    n_groups: int,
+    fine_bins: int,
+    p: NDArray[np.float64],
+    y: NDArray[np.float64],
+    count_prediction: NDArray[np.bool_],
+    count_label: NDArray[np.bool_] | None = None,
+) -> NDArray[np.float64]:
+    """The moments of many sketches at once: shape (n_groups, len(MOMENTS), fine_bins).
+
+    Row ``i`` adds to sketch ``group[i]``: as a prediction where ``count_prediction`` (``n``,
+    ``sum p``) and as a label where ``count_label`` (default: every row). One vectorised pass,
+    whatever the number of groups: the daemon's fold and the sketch's own ``add_labelled`` use it.
+    """
+    key = group * fine_bins + metrics.bin_index(p, fine_bins)
+    size = n_groups * fine_bins
+    pred = count_prediction.astype(np.float64)
+    lab = np.ones(p.size) if count_label is None else count_label.astype(np.float64)
+    p2 = p * p
+    weights = {
+        Moment.N: pred,
+        Moment.SUM_P: pred * p,
+        Moment.N_L: lab,
+        Moment.S1: lab * p,
+        Moment.S2: lab * p2,
+        Moment.S3: lab * p2 * p,
+        Moment.S4: lab * p2 * p2,
+        Moment.SY: lab * y,
+        Moment.SYP: lab * y * p,
+        Moment.SLL: lab * metrics.log_likelihood(p, y),
+    }
+    out = np.zeros((len(MOMENTS), size))
+    for moment, weight in weights.items():
+        out[moment] = np.bincount(key, weights=weight, minlength=size)
+    return out.reshape(len(MOMENTS), n_groups, fine_bins).transpose(1, 0, 2)

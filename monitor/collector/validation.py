@@ -19,12 +19,12 @@ from monitor.calibration.sequence import Aggregation, sequence_confidence, valid
 from monitor.calibration.vectors import softmax_max, top_label, validate_logits, validate_probs
 from monitor.collector.schemas import CONFIDENCE_FIELDS, CalibrateIn, FeedbackIn, PredictionIn, Rejection
 from monitor.config import LimitsConfig
-from monitor.evaluation.windows import ALL_SEGMENTS
 from monitor.store.records import FeedbackItem, InputKind
 from monitor.store.vectors import pack_vector
+from monitor.vocabulary import MODEL_WIDE
 
 Record = TypeVar("Record", bound=BaseModel)
-RESERVED_SEGMENT = ALL_SEGMENTS  # the model-wide series of every window
+RESERVED_SEGMENT = MODEL_WIDE  # the model-wide series of every window
 
 
 class BatchError(Exception):

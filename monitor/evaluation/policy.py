@@ -26,9 +26,12 @@ from typing import Any
 
 from monitor.config import DriftConfig
 from monitor.evaluation.windows import WindowStats
+from monitor.vocabulary import ACTIONABLE_DRIFT, MODEL_WIDE, RECALIBRATE_ON, DriftKind, Score
 
-ACTIONABLE = ("calibration", "calibration_test", "confidence_shift")
-KINDS = (*ACTIONABLE, "raw_calibration")
+__all__ = ["Crossing", "DriftEvent", "DriftPolicy", "crossings", "drift_targets"]
+
+ACTIONABLE = ACTIONABLE_DRIFT
+KINDS = tuple(DriftKind)
 SeriesKind = tuple[str, str, str]  # (model, segment, kind)
 
 
@@ -74,16 +77,16 @@ def crossings(stats: WindowStats, cfg: DriftConfig) -> list[Crossing]:
     enough_labels = stats.labelled >= cfg.min_labelled
     # A window that still mixes the previous calibrator's confidences says nothing about the new one:
     # judging it would re-fire every cooldown (and refit) until the window rolled over.
-    if stats.score == "calibrated" and enough_labels and not stats.calibrator_changed:
+    if stats.score == Score.CALIBRATED and enough_labels and not stats.calibrator_changed:
         if stats.ece_ci_lower is not None and stats.ece_ci_lower > cfg.ece_threshold:
-            cross("calibration", stats.ece_ci_lower, cfg.ece_threshold)
+            cross(DriftKind.CALIBRATION, stats.ece_ci_lower, cfg.ece_threshold)
         if stats.spiegelhalter_p is not None and stats.spiegelhalter_p < cfg.p_value_threshold:
-            cross("calibration_test", stats.spiegelhalter_p, cfg.p_value_threshold)
-    if stats.score == "raw":
+            cross(DriftKind.CALIBRATION_TEST, stats.spiegelhalter_p, cfg.p_value_threshold)
+    if stats.score == Score.RAW:
         if enough_labels and stats.ece_ci_lower is not None and stats.ece_ci_lower > cfg.ece_threshold:
-            cross("raw_calibration", stats.ece_ci_lower, cfg.ece_threshold)
+            cross(DriftKind.RAW_CALIBRATION, stats.ece_ci_lower, cfg.ece_threshold)
         if stats.predictions >= cfg.min_labelled and stats.psi is not None and stats.psi > cfg.psi_threshold:
-            cross("confidence_shift", stats.psi, cfg.psi_threshold)
+            cross(DriftKind.CONFIDENCE_SHIFT, stats.psi, cfg.psi_threshold)
     return found
 
 
@@ -101,8 +104,8 @@ class DriftPolicy:
         judged: set[SeriesKind] = set()
         for s in stats:
             cfg = self._thresholds(s.model, s.segment)
-            for kind in KINDS:
-                judged.add((s.model, s.segment, kind))
+            for each in KINDS:
+                judged.add((s.model, s.segment, each))
             for c in crossings(s, cfg):
                 found.setdefault((c.model, c.segment, c.kind), []).append(c)
         active: dict[SeriesKind, bool] = {}
@@ -118,3 +121,13 @@ class DriftPolicy:
                 self._last_event[key] = now
                 events.append(DriftEvent(model, segment, kind, kind in ACTIONABLE, count, found[key]))
         return active, events
+
+
+def drift_targets(events: list[DriftEvent]) -> list[tuple[str, str]]:
+    """The series to recalibrate for this tick's drift events: one run per drifting series (the
+    policy's cooldown keeps it to one per episode), only for calibration kinds (a label-free shift
+    alone cannot be fitted), and when a model drifts model-wide, only the model-wide run: its
+    segments are judged again against the fix instead of racing it."""
+    drifting = {(e.model, e.segment) for e in events if e.kind in RECALIBRATE_ON}
+    model_wide = {model for model, segment in drifting if segment == MODEL_WIDE}
+    return sorted((m, s) for m, s in drifting if s == MODEL_WIDE or m not in model_wide)

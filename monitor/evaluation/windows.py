@@ -18,11 +18,19 @@ from typing import Any
 from sqlalchemy import Connection
 
 from monitor.calibration.drift import js_distance, psi
-from monitor.calibration.sketch import CalibrationSketch
+from monitor.calibration.sketch import CalibrationSketch, Moment
 from monitor.store.aggregates import SeriesKey, load_sketches
+from monitor.vocabulary import MODEL_WIDE, OTHER_SEGMENT
 
-ALL_SEGMENTS = "*"
-OTHER_SEGMENT = "other"
+__all__ = [
+    "WindowSpec",
+    "WindowStats",
+    "cap_segments",
+    "evaluate",
+    "evaluate_periods",
+    "mark_calibrator_changes",
+    "window_stats",
+]
 
 
 @dataclass(frozen=True)
@@ -80,7 +88,7 @@ def window_stats(
     n, n_l = sketch.predictions, sketch.labelled
     stats = WindowStats(model, segment, window, score, n, n_l, n - n_l, n_l / n if n else 0.0)
     stats.histogram = sketch.histogram(ece_bins).tolist()
-    stats.confidence_sum = float(sketch.moments[1].sum())
+    stats.confidence_sum = float(sketch.moments[Moment.SUM_P].sum())
     if n and reference is not None and reference.predictions:
         stats.psi = _finite(psi(reference.histogram(ece_bins), sketch.histogram(ece_bins)))
         stats.js_distance = _finite(js_distance(reference.histogram(ece_bins), sketch.histogram(ece_bins)))
@@ -115,7 +123,7 @@ def cap_segments(
     out: dict[SeriesKey, CalibrationSketch] = {}
     for (model, segment, score), sketch in sketches.items():
         name = segment if segment in keep[model] else OTHER_SEGMENT
-        for target in (name, ALL_SEGMENTS):
+        for target in (name, MODEL_WIDE):
             key = (model, target, score)
             out[key] = (
                 out[key].merge(sketch)
@@ -184,9 +192,9 @@ def mark_calibrator_changes(
     for (model, _), ts in changes.items():
         latest_of_model[model] = max(ts, latest_of_model.get(model, ts))
     for s in stats:
-        if s.segment in (ALL_SEGMENTS, OTHER_SEGMENT):
+        if s.segment in (MODEL_WIDE, OTHER_SEGMENT):
             changed = latest_of_model.get(s.model)
         else:
-            found = [changes[k] for k in ((s.model, s.segment), (s.model, ALL_SEGMENTS)) if k in changes]
+            found = [changes[k] for k in ((s.model, s.segment), (s.model, MODEL_WIDE)) if k in changes]
             changed = max(found) if found else None
         s.calibrator_changed = changed is not None and changed > now - window_seconds[s.window]

@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import orjson
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine
 
 from monitor.calibration.calibrators import Calibrator, IdentityCalibrator, TemperatureScaling, calibrate_rows
 from monitor.calibration.selection import (
@@ -29,21 +28,24 @@ from monitor.calibration.selection import (
     time_split_indices,
     validation_gate,
 )
-from monitor.config import Settings
+from monitor.config import RecalibrationConfig, Settings
 from monitor.recalibration import report as reports
 from monitor.store import calibrators as registry
 from monitor.store.engine import READ_ONLY
 from monitor.store.events import append_event
-from monitor.store.schema import calibrator_reports, predictions
-from monitor.store.vectors import logits_of
+from monitor.store.reports import load_report as load_stored_report
+from monitor.store.reports import save_report
+from monitor.store.training import LabelledRows, labelled_rows
+from monitor.vocabulary import IDENTITY, MODEL_WIDE, EventKind, RecalibrationOutcome, Trigger
+
+__all__ = ["Outcome", "load_report", "recalibrate"]
 
 log = logging.getLogger("calmon.recalibration")
-MODEL_WIDE = "*"
 
 
 @dataclass
 class Outcome:
-    outcome: str  # promoted | rejected | failed | dry_run
+    outcome: RecalibrationOutcome
     model: str
     segment: str
     reason: str
@@ -52,7 +54,7 @@ class Outcome:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "outcome": self.outcome,
+            "outcome": str(self.outcome),
             "model": self.model,
             "segment": self.segment,
             "reason": self.reason,
@@ -61,57 +63,60 @@ class Outcome:
         }
 
 
+class NotEnoughLabels(ValueError):
+    """Too few labelled rows to fit: an expected outcome of a young or rarely labelled series."""
+
+
 @dataclass
-class _Rows:
-    """Recent labelled rows of one series, newest first."""
+class _Fitted:
+    """What a run decided, before anything is written."""
 
-    p: np.ndarray
-    y: np.ndarray
-    ts: np.ndarray
-    logits: list[np.ndarray | None]  # per row: class logits when stored (probs as log-probs)
-    labels: list[int | None]  # per row: the true class index when the label feedback names one
+    model: str
+    segment: str
+    fallback_from: str | None
+    data: LabelledRows
+    split: Split
+    fit_window: tuple[float, float]
+    candidates: list[Candidate]
+    chosen: Candidate
+    active_label: str
+    decision: GateDecision
+    before: np.ndarray
+    after: np.ndarray
+
+    @property
+    def promote(self) -> bool:
+        return self.decision.promote
+
+    @property
+    def reason(self) -> str:
+        return f"{self.chosen.method}: {self.decision.summary()}"
 
 
-def _class_index(label: str | None, classes: int) -> int | None:
-    if label is None or not label.isdigit():
-        return None
-    index = int(label)
-    return index if index < classes else None
-
-
-def _rows(engine: Engine, model: str, segment: str, limit: int) -> _Rows:
-    query = (
-        select(
-            predictions.c.raw_confidence,
-            predictions.c.correct,
-            predictions.c.ts,
-            predictions.c.input_kind,
-            predictions.c.vector,
-            predictions.c.label,
-        )
-        .where(predictions.c.model == model, predictions.c.correct.is_not(None))
-        .order_by(predictions.c.ts.desc())
-        .limit(limit)
-    )
-    if segment != MODEL_WIDE:
-        query = query.where(predictions.c.segment == segment)
+def _rows(engine: Engine, model: str, segment: str, limit: int) -> LabelledRows:
     with engine.connect().execution_options(**READ_ONLY) as conn:
-        rows = conn.execute(query).all()
+        rows = labelled_rows(conn, model, segment, limit)
         conn.rollback()
-    logits = [logits_of(r.input_kind, r.vector) for r in rows]
-    return _Rows(
-        p=np.array([r[0] for r in rows], dtype=np.float64),
-        y=np.array([bool(r[1]) for r in rows], dtype=np.float64),
-        ts=np.array([r[2] for r in rows], dtype=np.float64),
-        logits=logits,
-        labels=[
-            _class_index(r.label, z.size) if z is not None else None
-            for r, z in zip(rows, logits, strict=True)
-        ],
-    )
+    return rows
 
 
-def _logit_temperature(data: _Rows, fit: np.ndarray, min_rows: int) -> TemperatureScaling | None:
+def _series_rows(
+    engine: Engine, cfg: RecalibrationConfig, model: str, segment: str
+) -> tuple[str, str | None, LabelledRows]:
+    """The segment's rows, or the model-wide ones when the segment has too few (segment, fell back from)."""
+    data = _rows(engine, model, segment, cfg.max_rows)
+    fallback_from = None
+    if data.size < cfg.min_rows and segment != MODEL_WIDE:
+        fallback_from, segment = segment, MODEL_WIDE
+        data = _rows(engine, model, segment, cfg.max_rows)
+    if data.size < cfg.min_rows:
+        raise NotEnoughLabels(
+            f"{data.size} labelled predictions, fewer than recalibration.min_rows = {cfg.min_rows}"
+        )
+    return segment, fallback_from, data
+
+
+def _logit_temperature(data: LabelledRows, fit: np.ndarray, min_rows: int) -> TemperatureScaling | None:
     """Temperature fitted on full logits, when enough fit rows carry logits and a class label."""
     usable = [i for i in fit if data.logits[i] is not None and data.labels[i] is not None]
     if not usable:
@@ -124,80 +129,53 @@ def _logit_temperature(data: _Rows, fit: np.ndarray, min_rows: int) -> Temperatu
     return TemperatureScaling().fit_logits(matrix, np.array([data.labels[i] for i in usable]))
 
 
+def _candidates(
+    cfg: RecalibrationConfig,
+    data: LabelledRows,
+    fit: np.ndarray,
+    split: Split,
+    n_bins: int,
+    val_logits: list[Any],
+) -> list[Candidate]:
+    """Every configured method fitted on the older rows; temperature on full logits where stored."""
+    candidates: list[Candidate] = fit_candidates(list(cfg.methods), split, n_bins)
+    if "temperature" not in cfg.methods:
+        return candidates
+    on_logits = _logit_temperature(data, fit, cfg.min_logit_rows)
+    if on_logits is None:
+        return candidates
+    scores = calibrate_rows(on_logits, split.val_confidence, val_logits)
+    evaluation = evaluate(on_logits, split.val_confidence, split.val_correct, n_bins, scores=scores)
+    return [
+        Candidate("temperature", on_logits, evaluation) if c.method == "temperature" else c
+        for c in candidates
+    ]
+
+
 def _serving(engine: Engine, model: str, segment: str) -> tuple[str, Calibrator]:
     """What ingest applies to this series now: its own, else the model-wide, else the identity."""
     with engine.connect().execution_options(**READ_ONLY) as conn:
         record = registry.active(conn, model, segment) or registry.active(conn, model, MODEL_WIDE)
         conn.rollback()
     if record is None:
-        return "identity", IdentityCalibrator()
+        return IDENTITY, IdentityCalibrator()
     return f"{record.method} v{record.version} ({record.segment})", record.calibrator()
 
 
-def recalibrate(
-    engine: Engine,
-    settings: Settings,
-    model: str,
-    segment: str = MODEL_WIDE,
-    trigger: str = "manual",
-    dry_run: bool = False,
-    now: float | None = None,
-) -> Outcome:
-    now = time.time() if now is None else now
+def _fit_and_gate(engine: Engine, settings: Settings, model: str, segment: str) -> _Fitted:
     cfg = settings.recalibration
-    try:
-        return _run(engine, settings, model, segment, trigger, dry_run, now)
-    except Exception as exc:  # a failed run is an event and a counter, never a crash
-        log.exception("recalibration failed", extra={"model": model, "segment": segment})
-        outcome = Outcome("failed", model, segment, f"{type(exc).__name__}: {exc}")
-        if not dry_run:
-            with engine.begin() as conn:
-                append_event(
-                    conn,
-                    "recalibration_failed",
-                    now,
-                    {"trigger": trigger, "error": outcome.reason, "max_rows": cfg.max_rows},
-                    model,
-                    segment,
-                )
-        return outcome
-
-
-def _run(
-    engine: Engine, settings: Settings, model: str, segment: str, trigger: str, dry_run: bool, now: float
-) -> Outcome:
-    cfg = settings.recalibration
-    fallback_from = None
-    data = _rows(engine, model, segment, cfg.max_rows)
-    if data.p.size < cfg.min_rows and segment != MODEL_WIDE:
-        fallback_from, segment = segment, MODEL_WIDE
-        data = _rows(engine, model, segment, cfg.max_rows)
-    if data.p.size < cfg.min_rows:
-        raise ValueError(
-            f"{data.p.size} labelled predictions, fewer than recalibration.min_rows = {cfg.min_rows}"
-        )
+    n_bins = settings.evaluation.ece_bins
+    segment, fallback_from, data = _series_rows(engine, cfg, model, segment)
     fit, val = time_split_indices(data.ts, cfg.validation_fraction)
     split = Split(data.p[fit], data.y[fit], data.p[val], data.y[val])
     val_logits = [data.logits[i] for i in val]
-    fit_window = (float(data.ts[fit].min()), float(data.ts[fit].max()))
-    n_bins = settings.evaluation.ece_bins
-    candidates: list[Candidate] = fit_candidates(list(cfg.methods), split, n_bins)
-    if "temperature" in cfg.methods:
-        # Temperature on full logits where stored (and labelled with a class), else on confidences.
-        on_logits = _logit_temperature(data, fit, cfg.min_logit_rows)
-        if on_logits is not None:
-            scores = calibrate_rows(on_logits, split.val_confidence, val_logits)
-            evaluation = evaluate(on_logits, split.val_confidence, split.val_correct, n_bins, scores=scores)
-            candidates = [
-                Candidate("temperature", on_logits, evaluation) if c.method == "temperature" else c
-                for c in candidates
-            ]
+    candidates = _candidates(cfg, data, fit, split, n_bins, val_logits)
     chosen = select_best(candidates)
-    active_label, active = _serving(engine, model, segment)
     assert chosen.calibrator is not None
+    active_label, active = _serving(engine, model, segment)
     before = calibrate_rows(active, split.val_confidence, val_logits)
     after = calibrate_rows(chosen.calibrator, split.val_confidence, val_logits)
-    decision: GateDecision = validation_gate(
+    decision = validation_gate(
         active,
         chosen.calibrator,
         split.val_confidence,
@@ -211,79 +189,130 @@ def _run(
         active_scores=before,
         candidate_scores=after,
     )
-    outcome = "promoted" if decision.promote else "rejected"
-    reason = f"{chosen.method}: {decision.summary()}"
-    report = reports.build(
-        model=model,
-        segment=segment,
+    fit_window = (float(data.ts[fit].min()), float(data.ts[fit].max()))
+    return _Fitted(
+        model,
+        segment,
+        fallback_from,
+        data,
+        split,
+        fit_window,
+        candidates,
+        chosen,
+        active_label,
+        decision,
+        before,
+        after,
+    )
+
+
+def _report(fitted: _Fitted, trigger: str, now: float, outcome: str, n_bins: int) -> dict[str, Any]:
+    return reports.build(
+        model=fitted.model,
+        segment=fitted.segment,
         trigger=trigger,
         now=now,
-        fit_window=fit_window,
-        split=split,
-        candidates=candidates,
-        chosen=chosen,
-        active_label=active_label,
-        decision=decision,
-        outcome="dry_run" if dry_run else outcome,
-        reason=reason,
-        fallback_from=fallback_from,
+        fit_window=fitted.fit_window,
+        split=fitted.split,
+        candidates=fitted.candidates,
+        chosen=fitted.chosen,
+        active_label=fitted.active_label,
+        decision=fitted.decision,
+        outcome=outcome,
+        reason=fitted.reason,
+        fallback_from=fitted.fallback_from,
         n_bins=n_bins,
-        before_scores=before,
-        after_scores=after,
+        before_scores=fitted.before,
+        after_scores=fitted.after,
     )
-    if dry_run:
-        return Outcome("dry_run", model, segment, reason, None, report)
+
+
+def _write(engine: Engine, fitted: _Fitted, trigger: str, now: float, report: dict[str, Any]) -> int:
+    """The version, its report and the run's events, in one transaction; the new calibrator's id."""
+    assert fitted.chosen.calibrator is not None
+    decision = fitted.decision
     with engine.begin() as conn:
         record = registry.create(
             conn,
-            model,
-            segment,
-            chosen.calibrator,
+            fitted.model,
+            fitted.segment,
+            fitted.chosen.calibrator,
             now,
-            status="candidate" if decision.promote else "rejected",
-            reason=reason,
+            status="candidate" if fitted.promote else "rejected",
+            reason=fitted.reason,
             metrics={"validation": decision.candidate.as_dict(), "serving": decision.active.as_dict()},
-            fit_start=fit_window[0],
-            fit_end=fit_window[1],
+            fit_start=fitted.fit_window[0],
+            fit_end=fitted.fit_window[1],
         )
-        if decision.promote:
-            registry.activate(conn, record.id, now, reason)
         report["calibrator_id"] = record.id
         report["version"] = str(record.version)
-        conn.execute(
-            insert(calibrator_reports).values(
-                calibrator_id=record.id,
-                created_at=now,
-                body_json=orjson.dumps(report).decode(),
-                body_markdown=reports.markdown(report),
+        save_report(conn, record.id, now, report, reports.markdown(report))
+        started = {"trigger": trigger, "rows": fitted.data.size}
+        append_event(conn, EventKind.RECALIBRATION_STARTED, now, started, fitted.model, fitted.segment)
+        details = {"trigger": trigger, "checks": [c.__dict__ for c in decision.checks]}
+        if fitted.promote:
+            registry.activate(conn, record.id, now, fitted.reason, details)
+        else:
+            payload = {**details, "version": str(record.version), "method": fitted.chosen.method}
+            payload["reason"] = fitted.reason
+            append_event(
+                conn, EventKind.CALIBRATOR_REJECTED, now, payload, fitted.model, fitted.segment, record.id
             )
+    return record.id
+
+
+def _run(
+    engine: Engine, settings: Settings, model: str, segment: str, trigger: str, dry_run: bool, now: float
+) -> Outcome:
+    fitted = _fit_and_gate(engine, settings, model, segment)
+    n_bins = settings.evaluation.ece_bins
+    outcome = RecalibrationOutcome.PROMOTED if fitted.promote else RecalibrationOutcome.REJECTED
+    if dry_run:
+        report = _report(fitted, trigger, now, RecalibrationOutcome.DRY_RUN, n_bins)
+        return Outcome(
+            RecalibrationOutcome.DRY_RUN, fitted.model, fitted.segment, fitted.reason, None, report
         )
-        append_event(
-            conn, "recalibration_started", now, {"trigger": trigger, "rows": int(data.p.size)}, model, segment
-        )
-        append_event(
-            conn,
-            "calibrator_promoted" if decision.promote else "calibrator_rejected",
-            now,
-            {
+    report = _report(fitted, trigger, now, outcome, n_bins)
+    calibrator_id = _write(engine, fitted, trigger, now, report)
+    log.info("recalibration finished", extra={"model": model, "segment": segment, "outcome": str(outcome)})
+    return Outcome(outcome, fitted.model, fitted.segment, fitted.reason, calibrator_id, report)
+
+
+def recalibrate(
+    engine: Engine,
+    settings: Settings,
+    model: str,
+    segment: str = MODEL_WIDE,
+    trigger: str = Trigger.MANUAL,
+    dry_run: bool = False,
+    now: float | None = None,
+) -> Outcome:
+    """Fit, gate and promote or refuse, writing the decision; a failure is an outcome, never a raise."""
+    now = time.time() if now is None else now
+    try:
+        return _run(engine, settings, model, segment, trigger, dry_run, now)
+    except Exception as exc:  # a failed run is an event and a counter, never a crash
+        if isinstance(exc, NotEnoughLabels):
+            log.info(
+                "recalibration not possible yet",
+                extra={"model": model, "segment": segment, "error": str(exc)},
+            )
+        else:
+            log.exception("recalibration failed", extra={"model": model, "segment": segment})
+        outcome = Outcome(RecalibrationOutcome.FAILED, model, segment, f"{type(exc).__name__}: {exc}")
+        if not dry_run:
+            payload = {
                 "trigger": trigger,
-                "version": str(record.version),
-                "method": chosen.method,
-                "reason": reason,
-                "checks": [c.__dict__ for c in decision.checks],
-            },
-            model,
-            segment,
-            record.id,
-        )
-    log.info("recalibration finished", extra={"model": model, "segment": segment, "outcome": outcome})
-    return Outcome(outcome, model, segment, reason, record.id, report)
+                "error": outcome.reason,
+                "max_rows": settings.recalibration.max_rows,
+            }
+            with engine.begin() as conn:
+                append_event(conn, EventKind.RECALIBRATION_FAILED, now, payload, model, segment)
+        return outcome
 
 
 def load_report(engine: Engine, calibrator_id: int) -> tuple[dict[str, Any], str] | None:
     with engine.connect().execution_options(**READ_ONLY) as conn:
-        row = conn.execute(
-            select(calibrator_reports).where(calibrator_reports.c.calibrator_id == calibrator_id)
-        ).first()
+        found = load_stored_report(conn, calibrator_id)
         conn.rollback()
-    return (orjson.loads(row.body_json), row.body_markdown) if row is not None else None
+    return found

@@ -15,13 +15,21 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import ColumnElement, Connection, and_, delete, func, or_, select, update
+from sqlalchemy import Connection, delete, func, select, update
 
-from monitor.calibration.metrics import bin_index, log_likelihood
-from monitor.calibration.sketch import MOMENTS, CalibrationSketch
-from monitor.store.schema import MOMENT_COLUMNS, predictions, sketch_bins
+from monitor.calibration.sketch import CalibrationSketch, Moment, grouped_moments
+from monitor.store.schema import MOMENT_COLUMNS, needs_fold, predictions, sketch_bins
+from monitor.vocabulary import Score
 
-SCORES = ("raw", "calibrated")
+__all__ = [
+    "AggregationRun",
+    "BucketDelta",
+    "SeriesKey",
+    "aggregate_pending",
+    "bucket_of",
+    "load_sketches",
+    "rebuild",
+]
 SeriesKey = tuple[str, str, str]  # (model, segment, score)
 
 
@@ -46,12 +54,6 @@ def bucket_of(ts: NDArray[np.float64], bucket_seconds: int) -> NDArray[np.float6
     return np.floor(ts / bucket_seconds) * bucket_seconds
 
 
-def _needs_work() -> ColumnElement[bool]:
-    return or_(
-        predictions.c.agg_state == 0, and_(predictions.c.agg_state == 1, predictions.c.correct.is_not(None))
-    )
-
-
 def aggregate_pending(
     conn: Connection, bucket_seconds: int, fine_bins: int, limit: int = 50_000
 ) -> AggregationRun:
@@ -67,7 +69,7 @@ def aggregate_pending(
             predictions.c.correct,
             predictions.c.agg_state,
         )
-        .where(_needs_work())
+        .where(needs_fold())
         .order_by(predictions.c.pk)
         .limit(limit)
     )
@@ -95,9 +97,9 @@ def aggregate_pending(
         count=len(rows),
     )
     deltas: list[BucketDelta] = []
-    for score, column in (("raw", "raw_confidence"), ("calibrated", "calibrated_confidence")):
+    for score, column in ((Score.RAW, "raw_confidence"), (Score.CALIBRATED, "calibrated_confidence")):
         p = np.fromiter((getattr(r, column) for r in rows), dtype=np.float64, count=len(rows))
-        moments = _grouped_moments(group, len(groups), fine_bins, p, correct, new_prediction, new_label)
+        moments = grouped_moments(group, len(groups), fine_bins, p, correct, new_prediction, new_label)
         for (model, segment, bucket), g in groups.items():
             deltas.append(BucketDelta(model, segment, score, bucket, moments[g]))
     _upsert(conn, deltas)
@@ -113,35 +115,6 @@ def aggregate_pending(
     return AggregationRun(len(rows), deltas)
 
 
-def _grouped_moments(
-    group: NDArray[np.int64],
-    n_groups: int,
-    fine_bins: int,
-    p: NDArray[np.float64],
-    y: NDArray[np.float64],
-    count_prediction: NDArray[np.bool_],
-    count_label: NDArray[np.bool_],
-) -> NDArray[np.float64]:
-    """(n_groups, len(MOMENTS), fine_bins) moments, vectorised over all rows at once."""
-    key = group * fine_bins + bin_index(p, fine_bins)
-    size = n_groups * fine_bins
-    out = np.zeros((len(MOMENTS), size))
-    pred = count_prediction.astype(np.float64)
-    lab = count_label.astype(np.float64)
-    p2 = p * p
-    out[0] = np.bincount(key, weights=pred, minlength=size)
-    out[1] = np.bincount(key, weights=pred * p, minlength=size)
-    out[2] = np.bincount(key, weights=lab, minlength=size)
-    out[3] = np.bincount(key, weights=lab * p, minlength=size)
-    out[4] = np.bincount(key, weights=lab * p2, minlength=size)
-    out[5] = np.bincount(key, weights=lab * p2 * p, minlength=size)
-    out[6] = np.bincount(key, weights=lab * p2 * p2, minlength=size)
-    out[7] = np.bincount(key, weights=lab * y, minlength=size)
-    out[8] = np.bincount(key, weights=lab * y * p, minlength=size)
-    out[9] = np.bincount(key, weights=lab * log_likelihood(p, y), minlength=size)
-    return out.reshape(len(MOMENTS), n_groups, fine_bins).transpose(1, 0, 2)
-
-
 _UPSERT = (
     "INSERT INTO sketch_bins (model, segment, score, bucket_start, bin, " + ", ".join(MOMENT_COLUMNS) + ") "
     "VALUES ({marks}) ON CONFLICT (model, segment, score, bucket_start, bin) DO UPDATE SET "
@@ -153,7 +126,7 @@ def _upsert(conn: Connection, deltas: Iterable[BucketDelta]) -> None:
     """Add the deltas' non-empty bins to the stored buckets (driver executemany: ~1M rows/min)."""
     params: list[tuple[object, ...]] = []
     for delta in deltas:
-        occupied = np.flatnonzero((delta.moments[0] != 0) | (delta.moments[2] != 0))
+        occupied = np.flatnonzero((delta.moments[Moment.N] != 0) | (delta.moments[Moment.N_L] != 0))
         if not occupied.size:
             continue
         values = delta.moments[:, occupied].T.tolist()

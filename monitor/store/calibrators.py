@@ -16,6 +16,7 @@ from sqlalchemy import Connection, func, insert, select, update
 from monitor.calibration.calibrators import Calibrator, from_dict
 from monitor.store.events import append_event
 from monitor.store.schema import calibrators
+from monitor.vocabulary import EventKind
 
 
 @dataclass(frozen=True)
@@ -128,8 +129,12 @@ def all_active(conn: Connection) -> list[CalibratorRecord]:
     return [_record(r) for r in conn.execute(select(calibrators).where(calibrators.c.status == "active"))]
 
 
-def activate(conn: Connection, calibrator_id: int, now: float, reason: str) -> CalibratorRecord | None:
-    """Make ``calibrator_id`` the active version of its series; the previous active one is retired."""
+def activate(
+    conn: Connection, calibrator_id: int, now: float, reason: str, details: dict[str, Any] | None = None
+) -> CalibratorRecord | None:
+    """Make ``calibrator_id`` the active version of its series (the previous active one is retired)
+    and record the ``calibrator_promoted`` event, with ``details`` in its payload, in the caller's
+    transaction: every path that promotes (job, CLI, API) writes the same audit trail."""
     target = get(conn, calibrator_id)
     if target is None:
         raise LookupError(f"no calibrator {calibrator_id}")
@@ -141,6 +146,8 @@ def activate(conn: Connection, calibrator_id: int, now: float, reason: str) -> C
         .where(calibrators.c.id == target.id)
         .values(status="active", activated_at=now, reason=reason)
     )
+    payload = {**(details or {}), "version": str(target.version), "method": target.method, "reason": reason}
+    append_event(conn, EventKind.CALIBRATOR_PROMOTED, now, payload, target.model, target.segment, target.id)
     return previous
 
 
@@ -183,5 +190,7 @@ def rollback(
     rolled = get(conn, current.id)
     assert rolled is not None
     payload = {"rolled_back": rolled.as_dict(), "restored": restored.as_dict() if restored else None}
-    append_event(conn, "calibrator_rolled_back", now, payload, rolled.model, rolled.segment, rolled.id)
+    append_event(
+        conn, EventKind.CALIBRATOR_ROLLED_BACK, now, payload, rolled.model, rolled.segment, rolled.id
+    )
     return rolled, restored

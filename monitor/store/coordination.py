@@ -49,3 +49,13 @@ def load_snapshot(conn: Connection, name: str, newer_than: float | None = None) 
         query = query.where(snapshots.c.created_at > newer_than)
     row = conn.execute(query).first()
     return (row.created_at, row.body) if row is not None else None
+
+
+def holds_lease(conn: Connection, name: str, holder: str, now: float) -> bool:
+    """Whether ``holder`` still holds the lease at ``now`` (checked before a leader writes)."""
+    row = conn.execute(
+        select(leases.c.name).where(
+            leases.c.name == name, leases.c.holder == holder, leases.c.expires_at >= now
+        )
+    ).first()
+    return row is not None

@@ -11,13 +11,21 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from monitor.config import DatabaseConfig
 
+__all__ = ["READ_ONLY", "create_store_engine", "ping"]
+
 READ_ONLY = {"calmon_read_only": True}
+
+
+def ping(engine: Engine) -> None:
+    """One round trip to the database; raises the driver's error when it is unreachable."""
+    with engine.connect().execution_options(**READ_ONLY) as conn:
+        conn.execute(text("SELECT 1"))
 
 
 def create_store_engine(url: str, database: DatabaseConfig | None = None) -> Engine:

@@ -8,6 +8,9 @@ import orjson
 from sqlalchemy import Connection, func, insert, select
 
 from monitor.store.schema import events
+from monitor.vocabulary import EventKind
+
+__all__ = ["CALIBRATOR_CHANGES", "append_event", "calibrator_changes", "list_events"]
 
 
 def append_event(
@@ -63,7 +66,7 @@ def list_events(
     ]
 
 
-CALIBRATOR_CHANGES = ("calibrator_promoted", "calibrator_rolled_back")
+CALIBRATOR_CHANGES = (EventKind.CALIBRATOR_PROMOTED, EventKind.CALIBRATOR_ROLLED_BACK)
 
 
 def calibrator_changes(conn: Connection) -> dict[tuple[str, str], float]:

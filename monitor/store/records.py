@@ -52,5 +52,5 @@ class PredictionOutcome:
 class FeedbackOutcome:
     statuses: list[FeedbackStatus]
 
-    def count(self, status: FeedbackStatus) -> int:
+    def count(self, status: str) -> int:
         return sum(1 for s in self.statuses if s == status)

@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    ColumnElement,
     Float,
     ForeignKey,
     Index,
@@ -22,12 +23,15 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    and_,
+    or_,
     text,
 )
 
+from monitor.calibration.sketch import MOMENTS
+
 NAME_LENGTH = 256
-# Column names of the sketch moments, in CalibrationSketch.MOMENTS order.
-MOMENT_COLUMNS = ("n", "sum_p", "n_l", "s1", "s2", "s3", "s4", "sy", "syp", "sll")
+MOMENT_COLUMNS = MOMENTS  # one column per sketch moment, named and ordered as the sketch's
 UNAGGREGATED = "agg_state = 0 OR (agg_state = 1 AND correct IS NOT NULL)"
 # BIGINT on PostgreSQL, INTEGER on SQLite so that it aliases the rowid and autoincrements.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -189,3 +193,13 @@ calibrator_reports = Table(
     Column("body_json", Text, nullable=False),
     Column("body_markdown", Text, nullable=False),
 )
+
+
+def needs_fold() -> ColumnElement[bool]:
+    """Prediction rows whose prediction or label is not in the sketch buckets yet (``UNAGGREGATED``).
+
+    The fold's work list; retention deletes only rows outside it, so nothing is lost unfolded."""
+    return or_(
+        predictions.c.agg_state == 0,
+        and_(predictions.c.agg_state == 1, predictions.c.correct.is_not(None)),
+    )

@@ -8,6 +8,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import yaml
+from prometheus_client import CollectorRegistry, generate_latest
+
+from monitor.telemetry import ServiceMetrics
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "exposition.txt"
 
 # Grafana variables, replaced by concrete values so promtool and Prometheus can run the query.
 GRAFANA_DEFAULTS = {
@@ -67,3 +72,11 @@ def check_with_promtool(
     path = workdir / "queries.rules.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "queries", "rules": rules}]}))
     return subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+
+
+def exporter_names() -> set[str]:
+    """Every sample name calmon can export: the snapshot families (golden) and the live registry."""
+    registry = CollectorRegistry()
+    ServiceMetrics(registry)
+    live = generate_latest(registry).decode()
+    return exported_names(GOLDEN.read_text()) | exported_names(live)

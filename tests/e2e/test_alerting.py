@@ -17,14 +17,14 @@ import numpy as np
 import yaml
 
 from monitor import dashboards
-from tests.conftest import missing_service
 from tests.support import alertmanager as am
 from tests.support.daemon import Daemon
 from tests.support.prometheus import Prometheus
 from tests.support.promql import expand
 from tests.support.receivers import HttpReceiver
+from tests.support.services import missing_service
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODEL = "qa-bot"
 INGEST, SCRAPE, ADMIN = "ingest-token-e2e", "scrape-token-e2e", "admin-token-e2e-oncall"
 

@@ -8,10 +8,11 @@ from sqlalchemy import Engine
 
 from monitor.calibration import metrics as m
 from monitor.calibration.drift import psi
-from monitor.evaluation.windows import ALL_SEGMENTS, OTHER_SEGMENT, WindowSpec, evaluate
+from monitor.evaluation.windows import WindowSpec, evaluate
 from monitor.store.aggregates import aggregate_pending
 from monitor.store.ingest import apply_feedback, insert_predictions
 from monitor.store.records import FeedbackItem, PredictionRow
+from monitor.vocabulary import MODEL_WIDE, OTHER_SEGMENT
 
 BUCKET, FINE, BINS = 300, 120, 15
 NOW = 1_800_000_000.0  # a multiple of the bucket width: window starts fall on bucket starts
@@ -67,8 +68,8 @@ def test_window_metrics_equal_core_metrics_on_raw_rows(engine: Engine, world: di
     for window, seconds in (("1h", HOUR), ("24h", DAY)):
         inside = world["ts"] >= NOW - seconds
         before = (world["ts"] >= NOW - 2 * seconds) & ~inside
-        for segment in ("a", "b", ALL_SEGMENTS):
-            chosen = inside & ((world["segment"] == segment) if segment != ALL_SEGMENTS else True)
+        for segment in ("a", "b", MODEL_WIDE):
+            chosen = inside & ((world["segment"] == segment) if segment != MODEL_WIDE else True)
             for score in ("raw", "calibrated"):
                 s = found[(segment, window, score)]
                 p_all = world[score][chosen]
@@ -93,7 +94,7 @@ def test_window_metrics_equal_core_metrics_on_raw_rows(engine: Engine, world: di
                 table = m.reliability_table(p, y, BINS)
                 assert [r["count"] for r in s.reliability] == table.count.astype(int).tolist()
                 reference = world[score][
-                    before & ((world["segment"] == segment) if segment != ALL_SEGMENTS else True)
+                    before & ((world["segment"] == segment) if segment != MODEL_WIDE else True)
                 ]
                 hist = lambda v: np.bincount(m.bin_index(v, BINS), minlength=BINS)  # noqa: E731
                 assert s.histogram == hist(p_all).tolist()
@@ -104,9 +105,9 @@ def test_segments_are_capped_into_other(engine: Engine, world: dict[str, np.ndar
     with engine.connect() as conn:
         stats = evaluate(conn, [WindowSpec("24h", DAY)], NOW, BUCKET, FINE, BINS, max_segments={"clf": 1})
     segments = {s.segment for s in stats}
-    assert segments == {ALL_SEGMENTS, OTHER_SEGMENT, max(segments - {ALL_SEGMENTS, OTHER_SEGMENT})}
-    total = next(s for s in stats if s.segment == ALL_SEGMENTS and s.score == "raw")
-    parts = [s for s in stats if s.segment != ALL_SEGMENTS and s.score == "raw"]
+    assert segments == {MODEL_WIDE, OTHER_SEGMENT, max(segments - {MODEL_WIDE, OTHER_SEGMENT})}
+    total = next(s for s in stats if s.segment == MODEL_WIDE and s.score == "raw")
+    parts = [s for s in stats if s.segment != MODEL_WIDE and s.score == "raw"]
     assert sum(s.predictions for s in parts) == total.predictions
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from sklearn.naive_bayes import GaussianNB
@@ -18,12 +19,13 @@ from monitor.calibration.metrics import expected_calibration_error
 from monitor.collector.api import create_app
 from monitor.collector.serving import RegistryScorer
 from monitor.config import Settings
-from monitor.recalibration.job import load_report, recalibrate
-from monitor.recalibration.report import svg
+from monitor.recalibration.job import Outcome, load_report, recalibrate
+from monitor.recalibration.service import Recalibrator
 from monitor.store import calibrators as store
 from monitor.store.events import list_events
+from monitor.telemetry import ServiceMetrics
 from tests.helpers import counts
-from tests.test_scheduler import Clock, build, sample
+from tests.support.harness import Clock, build_daemon, sample
 
 NOW = 1_800_000_000.0
 
@@ -93,7 +95,10 @@ def test_manual_recalibration_promotes_and_reports(engine: Engine, labelled: Set
         kinds = [e["kind"] for e in list_events(conn, model="nb")]
     assert active is not None and active.id == outcome.calibrator_id and active.version == 1
     assert kinds == ["calibrator_promoted", "recalibration_started"]
-    report, md = load_report(engine, outcome.calibrator_id)  # type: ignore[arg-type,misc]
+    assert outcome.calibrator_id is not None
+    found = load_report(engine, outcome.calibrator_id)
+    assert found is not None
+    report, md = found
     assert report["outcome"] == "promoted" and report["data"]["validation_rows"] > 500
     assert {c["method"] for c in report["candidates"]} == {
         "temperature",
@@ -145,19 +150,16 @@ def test_sparse_segment_falls_back_to_model_wide_and_dry_run_writes_nothing(
 
 def test_recalibrate_route_and_report_route(engine: Engine, labelled: Settings) -> None:
     runs: list[tuple[Any, ...]] = []
+    recalibrator = Recalibrator(engine, labelled, ServiceMetrics(CollectorRegistry()), clock=lambda: NOW)
 
-    def run(model: str, segment: str, trigger: str, dry_run: bool) -> Any:
-        runs.append((model, segment, trigger, dry_run))
-        return recalibrate(engine, labelled, model, segment, trigger, dry_run, now=NOW)
+    class Recording:
+        def run(
+            self, model: str, segment: str = "*", trigger: str = "manual", dry_run: bool = False
+        ) -> Outcome:
+            runs.append((model, segment, trigger, dry_run))
+            return recalibrator.run(model, segment, trigger, dry_run)
 
-    app = create_app(
-        labelled,
-        engine,
-        clock=lambda: NOW,
-        recalibrate=run,
-        load_report=lambda i: load_report(engine, i),
-        render_svg=svg,
-    )
+    app = create_app(labelled, engine, clock=lambda: NOW, recalibrator=Recording())
     with TestClient(app) as client:
         body = client.post("/v1/models/nb/recalibrate", params={"dry_run": "true"}).json()
         assert body["outcome"] == "dry_run" and counts(engine)["predictions"] > 0
@@ -182,32 +184,25 @@ def test_drift_triggers_recalibration_and_new_predictions_are_calibrated(
 ) -> None:
     clock = Clock(NOW)
     settings = make_settings(drift={"consecutive": 2, "min_labelled": 500})
-    parts = build(engine, settings, clock, "replica-loop")
-    scheduler, exposition = parts["scheduler"], parts["exposition"]
-    scorer = RegistryScorer()
-    outcomes: list[Any] = []
-
-    def run(model: str, segment: str, trigger: str, dry_run: bool = False) -> Any:
-        outcome = recalibrate(engine, settings, model, segment, trigger, dry_run, now=clock.now)
-        outcomes.append(outcome)
-        scorer.refresh(engine, clock.now)
-        return outcome
-
-    scheduler.recalibrate = run
+    daemon = build_daemon(engine, settings, clock, "replica-loop")
+    scheduler, exposition = daemon.scheduler, daemon.exposition
     p_old, c_old = overconfident_stream(3000, seed=0)
     p_new, c_new = overconfident_stream(3000, seed=1)
-    app = create_app(settings, engine, scorer=scorer, clock=clock)
-    with TestClient(app) as client:
+    with TestClient(daemon.app) as client:
         ingest(client, p_old, c_old, 0)  # the overconfident model, labels arriving
         scheduler.renew_lease()
         scheduler.evaluate_once()
-        assert outcomes == []  # one crossing is not drift yet
+        assert daemon.queue.waiting() == []  # one crossing is not drift yet
         clock.now += 60
+        scheduler.renew_lease()
         scheduler.evaluate_once()
+        assert daemon.queue.waiting() == [("nb", "*")]  # queued by the tick, not run inside it
+        outcomes = daemon.queue.drain()  # the recalibrate-queued job
         assert [(o.outcome, o.segment) for o in outcomes] == [("promoted", "*")]  # exactly one run
         clock.now += 60
+        scheduler.renew_lease()
         scheduler.evaluate_once()
-        assert len(outcomes) == 1  # the drift episode is in cooldown: no second run
+        assert daemon.queue.waiting() == []  # the drift episode is in cooldown: no second run
         results = ingest(client, p_new, c_new, 10_000, t0=clock.now - 3500)
     calibrated = np.array([r["calibrated_confidence"] for r in results])
     assert {r["calibrator_version"] for r in results} == {"1"}

@@ -20,8 +20,8 @@ from monitor.store.aggregates import aggregate_pending
 from monitor.store.ingest import apply_feedback, insert_predictions
 from monitor.store.records import FeedbackItem, PredictionRow
 from monitor.telemetry import ServiceMetrics
-from tests.conftest import require_binary
-from tests.test_scheduler import build
+from tests.support.harness import build_daemon
+from tests.support.services import require_binary
 
 GOLDEN = Path(__file__).with_name("golden") / "exposition.txt"
 NOW = 1_800_000_000.0
@@ -101,9 +101,9 @@ def test_promtool_check_metrics_on_a_real_scrape(
     engine: Engine, make_settings: Callable[..., Settings]
 ) -> None:
     tool = require_binary("promtool", "prometheus")
-    parts = build(engine, make_settings(), lambda: NOW, "replica-x")
+    parts = build_daemon(engine, make_settings(), lambda: NOW, "replica-x")
     rng = np.random.default_rng(5)
-    with TestClient(parts["app"]) as client:
+    with TestClient(parts.app) as client:
         records = [
             {
                 "model": "m",
@@ -118,8 +118,8 @@ def test_promtool_check_metrics_on_a_real_scrape(
         assert client.post("/v1/predictions", json={"predictions": records}).status_code == 200
         feedback = [{"model": "m", "id": f"x{i}", "correct": bool(rng.random() < 0.6)} for i in range(150)]
         assert client.post("/v1/feedback", json={"feedback": feedback}).status_code == 200
-        parts["scheduler"].renew_lease()
-        parts["scheduler"].evaluate_once()
+        parts.scheduler.renew_lease()
+        parts.scheduler.evaluate_once()
         scrape = client.get("/metrics")
     assert scrape.status_code == 200
     for family in (

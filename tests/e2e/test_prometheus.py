@@ -10,9 +10,9 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import missing_service
 from tests.support.daemon import Daemon
 from tests.support.prometheus import Prometheus
+from tests.support.services import missing_service
 
 FAST = """
 evaluation: {interval_seconds: 1, windows: [1h, 24h, 7d], bootstrap_draws: 100}

@@ -14,7 +14,7 @@ from monitor.evaluation.policy import DriftPolicy
 from monitor.evaluation.windows import WindowStats, mark_calibrator_changes
 from monitor.store.events import append_event
 from tests.helpers import post_feedback, post_predictions
-from tests.test_scheduler import Clock, build, sample
+from tests.support.harness import Clock, build_daemon, sample
 
 
 def stats(
@@ -111,10 +111,12 @@ def test_overconfident_model_raises_drift_events_and_gauge(
     engine: Engine, make_settings: Callable[..., Settings]
 ) -> None:
     clock = Clock()
-    parts = build(engine, make_settings(drift={"consecutive": 2, "min_labelled": 500}), clock, "replica-d")
-    scheduler, exposition = parts["scheduler"], parts["exposition"]
+    parts = build_daemon(
+        engine, make_settings(drift={"consecutive": 2, "min_labelled": 500}), clock, "replica-d"
+    )
+    scheduler, exposition = parts.scheduler, parts.exposition
     rng = np.random.default_rng(1)
-    with TestClient(parts["app"]) as client:
+    with TestClient(parts.app) as client:
         for model, bias in (("overconfident", 0.3), ("honest", 0.0)):
             p = rng.uniform(0.5, 1.0, 2000)
             records = [
@@ -131,6 +133,7 @@ def test_overconfident_model_raises_drift_events_and_gauge(
         scheduler.evaluate_once()
         assert client.get("/v1/events", params={"kind": "drift_detected"}).json()["events"] == []
         clock.now += 60
+        scheduler.renew_lease()  # as the leader-lease job does every TTL/3
         scheduler.evaluate_once()  # second consecutive crossing
         events = client.get("/v1/events", params={"kind": "drift_detected"}).json()["events"]
         assert client.get("/v1/events", params={"limit": 0}).status_code == 422
@@ -146,8 +149,7 @@ def test_overconfident_model_raises_drift_events_and_gauge(
 
 
 def test_drift_targets_prefer_the_model_wide_run() -> None:
-    from monitor.evaluation.policy import DriftEvent
-    from monitor.scheduler import drift_targets
+    from monitor.evaluation.policy import DriftEvent, drift_targets
 
     def event(model: str, segment: str, kind: str = "calibration") -> DriftEvent:
         return DriftEvent(model, segment, kind, True, 2)
@@ -210,11 +212,11 @@ def test_a_promotion_stops_the_drift_events_until_the_window_rolls_over(
         drift={"consecutive": 1, "min_labelled": 500, "cooldown_seconds": 60},
         evaluation={"windows": ["1h"], "interval_seconds": 60},
     )
-    parts = build(engine, settings, clock, "replica-p")
-    scheduler, exposition = parts["scheduler"], parts["exposition"]
+    parts = build_daemon(engine, settings, clock, "replica-p")
+    scheduler, exposition = parts.scheduler, parts.exposition
     rng = np.random.default_rng(4)
     p = rng.uniform(0.5, 1.0, 2000)
-    with TestClient(parts["app"]) as client:
+    with TestClient(parts.app) as client:
         records = [{"model": "m", "id": f"m{i}", "confidence": float(v), "ts": clock.now - 30 - i}
                    for i, v in enumerate(p)]  # fmt: skip
         assert post_predictions(client, records).status_code == 200
@@ -233,12 +235,14 @@ def test_a_promotion_stops_the_drift_events_until_the_window_rolls_over(
         with engine.begin() as conn:  # a promotion, as the recalibration job records it
             append_event(conn, "calibrator_promoted", clock.now + 1, {}, "m", "*")
         clock.now += 120  # past the cooldown, the same (old) predictions still in the 1h window
+        scheduler.renew_lease()
         scheduler.evaluate_once()
         assert calibration_events() == 1  # not judged again: no second event, no second refit
         labels = {"model": "m", "segment": "*", "window": "1h"}
         assert sample("calmon_window_calibrator_changed", exposition, **labels) == 1.0
         assert sample("calmon_drift_detected", exposition, model="m", segment="*", kind="calibration") == 0.0
         clock.now += 3600  # the window has rolled past the promotion; new traffic only
+        scheduler.renew_lease()
         fresh = [{"model": "m", "id": f"n{i}", "confidence": 0.7, "ts": clock.now - 10} for i in range(50)]
         assert post_predictions(client, fresh).status_code == 200
         scheduler.evaluate_once()

@@ -12,9 +12,9 @@ from sqlalchemy import func, select
 
 from monitor.store.engine import create_store_engine
 from monitor.store.schema import predictions
-from tests.conftest import missing_service
 from tests.support import pgcluster
 from tests.support.daemon import Daemon
+from tests.support.services import missing_service
 
 
 def body(ids: range, prefix: str = "p") -> dict[str, object]:

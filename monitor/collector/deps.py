@@ -1,0 +1,85 @@
+"""What routes depend on, typed: ``Annotated[..., Depends(...)]`` aliases over one ``Context``.
+
+``create_app`` builds a ``Context`` from explicit parts and stores it on ``app.state``; routes name
+the part they need (``engine: EngineDep``) instead of closing over ``create_app``'s locals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import Engine
+
+from monitor.collector.auth import Authenticator
+from monitor.collector.services import Services
+from monitor.collector.serving import Scorer
+from monitor.config import Scope, Settings
+from monitor.evaluation.snapshot import SnapshotHolder
+from monitor.recalibration.service import RecalibrationTrigger
+from monitor.telemetry import ServiceMetrics
+
+__all__ = [
+    "Context",
+    "ContextDep",
+    "EngineDep",
+    "ServicesDep",
+    "SettingsDep",
+    "SnapshotsDep",
+    "require",
+]
+
+
+@dataclass(frozen=True)
+class Context:
+    settings: Settings
+    engine: Engine
+    scorer: Scorer
+    clock: Callable[[], float]
+    metrics: ServiceMetrics
+    snapshots: SnapshotHolder
+    auth: Authenticator
+    services: Services
+    render_metrics: Callable[[], bytes]
+    recalibrator: RecalibrationTrigger | None
+
+
+def context(request: Request) -> Context:
+    found: Context = request.app.state.context
+    return found
+
+
+ContextDep = Annotated[Context, Depends(context)]
+
+
+def _settings(ctx: ContextDep) -> Settings:
+    return ctx.settings
+
+
+def _engine(ctx: ContextDep) -> Engine:
+    return ctx.engine
+
+
+def _snapshots(ctx: ContextDep) -> SnapshotHolder:
+    return ctx.snapshots
+
+
+def _services(ctx: ContextDep) -> Services:
+    return ctx.services
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+EngineDep = Annotated[Engine, Depends(_engine)]
+SnapshotsDep = Annotated[SnapshotHolder, Depends(_snapshots)]
+ServicesDep = Annotated[Services, Depends(_services)]
+
+
+def require(scope: Scope) -> Callable[[Request], Awaitable[None]]:
+    """A route dependency: the request's bearer token must grant ``scope`` (when tokens exist)."""
+
+    async def dependency(request: Request) -> None:
+        context(request).auth.authorize(request.headers.get("authorization"), scope)
+
+    return dependency

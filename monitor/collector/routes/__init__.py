@@ -1,0 +1,7 @@
+"""One router per resource, included by ``collector.api.create_app``."""
+
+from monitor.collector.routes import calibrators, ingest, models, operations
+
+__all__ = ["ROUTERS"]
+
+ROUTERS = (ingest.router, models.router, calibrators.router, operations.router)

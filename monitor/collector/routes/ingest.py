@@ -1,0 +1,52 @@
+"""Writes from applications: predictions, feedback, and scoring without logging."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from monitor.collector.deps import ContextDep, require
+from monitor.collector.errors import JSONResponse, read_body
+from monitor.collector.schemas import ErrorResponse, FeedbackResponse, PredictionResponse
+
+__all__ = ["router"]
+
+router = APIRouter(dependencies=[Depends(require("ingest"))])
+WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (400, 413, 422, 503)
+}
+
+
+@router.post(
+    "/v1/predictions",
+    response_model=PredictionResponse,
+    responses=WRITE_ERRORS,
+    summary="Log a batch of predictions; returns each calibrated confidence",
+)
+async def post_predictions(request: Request, ctx: ContextDep) -> Response:
+    body = await read_body(request, ctx.settings.limits.max_body_bytes)
+    return JSONResponse(await run_in_threadpool(ctx.services.ingest_predictions, body))
+
+
+@router.post(
+    "/v1/feedback",
+    response_model=FeedbackResponse,
+    responses=WRITE_ERRORS,
+    summary="Report ground truth for earlier (or not yet arrived) predictions",
+)
+async def post_feedback(request: Request, ctx: ContextDep) -> Response:
+    body = await read_body(request, ctx.settings.limits.max_body_bytes)
+    return JSONResponse(await run_in_threadpool(ctx.services.ingest_feedback, body))
+
+
+@router.post(
+    "/v1/calibrate",
+    responses={status: {"model": ErrorResponse} for status in (400, 413, 422)},
+    summary="Calibrate scores without logging them (for pipelines that log elsewhere)",
+)
+async def post_calibrate(request: Request, ctx: ContextDep) -> Response:
+    body = await read_body(request, ctx.settings.limits.max_body_bytes)
+    return JSONResponse(await run_in_threadpool(ctx.services.calibrate, body))

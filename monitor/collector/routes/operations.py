@@ -1,0 +1,42 @@
+"""For operators and orchestrators: ``/metrics``, ``/healthz`` (process up), ``/readyz`` (database)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.responses import Response
+
+from monitor import __version__
+from monitor.collector.deps import ContextDep
+from monitor.collector.errors import STORE_DOWN, JSONResponse, error
+from monitor.store.engine import ping
+from monitor.store.migrate import current_revision, head_revision
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+
+@router.get("/metrics", include_in_schema=False)
+def prometheus_metrics(request: Request, ctx: ContextDep) -> Response:
+    if ctx.settings.auth.protect_metrics:
+        ctx.auth.authorize(request.headers.get("authorization"), "read")
+    return Response(ctx.render_metrics(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/healthz", summary="The process is up")
+def healthz() -> Response:
+    return JSONResponse({"status": "ok", "version": __version__})
+
+
+@router.get("/readyz", summary="The database is reachable and migrated")
+def readyz(ctx: ContextDep) -> Response:
+    try:
+        ping(ctx.engine)
+        revision = current_revision(ctx.engine)
+    except STORE_DOWN as exc:
+        return error(503, f"database unreachable: {type(exc).__name__}")
+    expected = head_revision()
+    if revision != expected:
+        return error(503, f"schema at revision {revision}, expected {expected}; run `calmon db upgrade`")
+    return JSONResponse({"status": "ready", "schema_revision": revision})

@@ -1,0 +1,280 @@
+"""What the routes call: validation, scoring, storing and shaping answers, with no HTTP in sight.
+
+Routes read the request and pick the status; everything between a body and an answer lives here,
+so a test (or another front end) can drive it without FastAPI.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Engine
+
+from monitor.calibration.sequence import Aggregation
+from monitor.collector.errors import ApiError, count_rejections
+from monitor.collector.serving import RegistryScorer, Scorer
+from monitor.collector.validation import (
+    BatchError,
+    ScoredInput,
+    parse_body,
+    prepare_calibration,
+    prepare_feedback,
+    prepare_predictions,
+)
+from monitor.config import Settings
+from monitor.evaluation.snapshot import SnapshotHolder
+from monitor.evaluation.windows import WindowStats
+from monitor.store import calibrators as calibrator_store
+from monitor.store.engine import READ_ONLY
+from monitor.store.events import list_events
+from monitor.store.ingest import apply_feedback, insert_predictions
+from monitor.store.queries import ModelCounts, active_calibrators, model_counts
+from monitor.store.records import PredictionRow
+from monitor.store.reports import load_report
+from monitor.telemetry import ServiceMetrics
+from monitor.vocabulary import EventKind, FeedbackOutcome, Score
+
+__all__ = ["Notify", "Services", "model_summary", "window_summary"]
+
+Notify = Callable[[str, str | None, str | None, dict[str, Any]], None]
+
+
+def window_summary(stats: WindowStats) -> dict[str, Any]:
+    data = stats.as_dict()
+    data.pop("reliability")
+    data.pop("histogram")
+    return data
+
+
+def model_summary(counts: ModelCounts) -> dict[str, Any]:
+    return {
+        "model": counts.model,
+        "predictions": counts.predictions,
+        "labelled": counts.labelled,
+        "label_coverage": counts.labelled / counts.predictions if counts.predictions else 0.0,
+        "pending_feedback": counts.pending_feedback,
+        "feedback_conflicts": counts.conflicts,
+        "segments": [
+            {
+                "segment": s.segment,
+                "predictions": s.predictions,
+                "labelled": s.labelled,
+                "label_coverage": s.labelled / s.predictions if s.predictions else 0.0,
+                "accuracy": s.correct / s.labelled if s.labelled else None,
+                "mean_confidence_labelled": s.raw_confidence_sum_labelled / s.labelled
+                if s.labelled
+                else None,
+                "first_ts": s.first_ts,
+                "last_ts": s.last_ts,
+            }
+            for s in counts.segments
+        ],
+    }
+
+
+def _all_rejected(
+    rejected: list[Any], message: str = "every record was rejected; nothing was written"
+) -> BatchError:
+    return BatchError(422, rejected[0].field, message, rejected)
+
+
+class Services:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        scorer: Scorer,
+        metrics: ServiceMetrics,
+        snapshots: SnapshotHolder,
+        clock: Callable[[], float] = time.time,
+        notify: Notify = lambda *args: None,
+    ):
+        self.settings = settings
+        self.engine = engine
+        self.scorer = scorer
+        self.metrics = metrics
+        self.snapshots = snapshots
+        self.clock = clock
+        self.notify = notify
+
+    def aggregation_for(self, model: str) -> Aggregation:
+        return self.settings.model_config_for(model).token_aggregation
+
+    # ---------------------------------------------------------------------------------- ingest
+    def score(self, scored: list[ScoredInput]) -> list[PredictionRow]:
+        """Each record with its series' calibrated confidence (one scorer call per series)."""
+        groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for position, item in enumerate(scored):
+            groups[(item.model, item.segment)].append(position)
+        calibrated: list[float] = [0.0] * len(scored)
+        versions: list[str] = [""] * len(scored)
+        for (model, segment), positions in groups.items():
+            raw = [scored[p].raw_confidence for p in positions]
+            values, version = self.scorer.score(
+                model, segment, raw, [(scored[p].input_kind, scored[p].vector) for p in positions]
+            )
+            for position, value in zip(positions, values, strict=True):
+                calibrated[position] = value
+                versions[position] = version
+        return [PredictionRow(*item[1:], calibrated[i], versions[i]) for i, item in enumerate(scored)]
+
+    def ingest_predictions(self, body: bytes) -> dict[str, Any]:
+        items = parse_body(body, "predictions", self.settings.limits)
+        now = self.clock()
+        scored, rejected = prepare_predictions(items, now, self.settings.limits, self.aggregation_for)
+        if rejected and not scored:
+            raise _all_rejected(rejected)
+        rows = self.score(scored)
+        with self.engine.begin() as conn:
+            outcome = insert_predictions(conn, rows, now)
+        accepted = Counter(
+            item.model for item, r in zip(scored, outcome.results, strict=True) if not r.duplicate
+        )
+        for model, count in accepted.items():
+            self.metrics.predictions.labels(model).inc(count)
+        count_rejections(self.metrics, rejected)
+        results = [
+            {
+                "index": item.position,
+                "id": result.prediction_id,
+                "calibrated_confidence": result.calibrated_confidence,
+                "calibrator_version": result.calibrator_version,
+                "duplicate": result.duplicate,
+            }
+            for item, result in zip(scored, outcome.results, strict=True)
+        ]
+        return {
+            "accepted": outcome.accepted,
+            "duplicates": outcome.duplicates,
+            "labelled_from_pending": outcome.labelled_from_pending,
+            "rejected": [r.model_dump() for r in rejected],
+            "results": results,
+        }
+
+    def ingest_feedback(self, body: bytes) -> dict[str, Any]:
+        items = parse_body(body, "feedback", self.settings.limits)
+        prepared, rejected = prepare_feedback(items, self.settings.limits)
+        if rejected and not prepared:
+            raise _all_rejected(rejected)
+        with self.engine.begin() as conn:
+            outcome = apply_feedback(conn, [item for _, item in prepared], self.clock())
+        per_series = Counter(
+            (item.model, status) for (_, item), status in zip(prepared, outcome.statuses, strict=True)
+        )
+        for (model, status), count in per_series.items():
+            self.metrics.feedback.labels(model, status).inc(count)
+        count_rejections(self.metrics, rejected)
+        return {
+            "matched": outcome.count(FeedbackOutcome.MATCHED),
+            "pending": outcome.count(FeedbackOutcome.PENDING),
+            "duplicates": outcome.count(FeedbackOutcome.DUPLICATE),
+            "conflicts": outcome.count(FeedbackOutcome.CONFLICT),
+            "rejected": [r.model_dump() for r in rejected],
+        }
+
+    def calibrate(self, body: bytes) -> dict[str, Any]:
+        items = parse_body(body, "records", self.settings.limits)
+        prepared, rejected = prepare_calibration(items, self.settings.limits, self.aggregation_for)
+        if rejected and not prepared:
+            raise _all_rejected(rejected, "every record was rejected")
+        results = []
+        for index, record, raw, kind, vector in prepared:
+            values, version = self.scorer.score(record.model, record.segment, [raw], [(kind, vector)])
+            results.append(
+                {
+                    "index": index,
+                    "raw_confidence": raw,
+                    "calibrated_confidence": values[0],
+                    "calibrator_version": version,
+                }
+            )
+        return {"results": results, "rejected": [r.model_dump() for r in rejected]}
+
+    # ------------------------------------------------------------------------------------ read
+    def list_models(self) -> list[dict[str, Any]]:
+        with self.engine.connect().execution_options(**READ_ONLY) as conn:
+            counts = model_counts(conn)
+        return [model_summary(c) for c in counts.values()]
+
+    def model_detail(self, model: str) -> dict[str, Any]:
+        with self.engine.connect().execution_options(**READ_ONLY) as conn:
+            counts = model_counts(conn, model).get(model)
+            if counts is None:
+                raise ApiError(404, f"unknown model {model!r}", "model")
+            summary = model_summary(counts)
+            summary["calibrators"] = active_calibrators(conn, model)
+        snapshot = self.snapshots.get()
+        summary["evaluated_at"] = snapshot.created_at if snapshot else None
+        summary["windows"] = [window_summary(s) for s in snapshot.for_model(model)] if snapshot else []
+        return summary
+
+    def reliability(self, model: str, segment: str, window: str | None, score: str) -> dict[str, Any]:
+        if score not in tuple(Score):
+            raise ApiError(422, "score must be 'raw' or 'calibrated'", "score")
+        windows = self.settings.evaluation.windows
+        window = window or windows[0]
+        if window not in windows:
+            raise ApiError(422, f"window must be one of {windows}", "window")
+        snapshot = self.snapshots.get()
+        if snapshot is None:
+            raise ApiError(
+                404, "no evaluation has run yet; retry after the first evaluation interval", "model"
+            )
+        stats = snapshot.find(model, segment, window, score)
+        if stats is None:
+            raise ApiError(
+                404, f"no data for model {model!r}, segment {segment!r} in window {window}", "model"
+            )
+        return {
+            **window_summary(stats),
+            "evaluated_at": snapshot.created_at,
+            "bins": stats.reliability,
+            "histogram": stats.histogram,
+        }
+
+    def events(
+        self, model: str | None, kind: str | None, limit: int, before_id: int | None
+    ) -> list[dict[str, Any]]:
+        if not 1 <= limit <= 1000:
+            raise ApiError(422, "limit must lie in [1, 1000]", "limit")
+        with self.engine.connect().execution_options(**READ_ONLY) as conn:
+            return list_events(conn, model, kind, limit, before_id)
+
+    # ----------------------------------------------------------------------------- calibrators
+    def calibrators(self, model: str | None) -> list[dict[str, Any]]:
+        with self.engine.connect().execution_options(**READ_ONLY) as conn:
+            return [r.as_dict() for r in calibrator_store.list_all(conn, model)]
+
+    def calibrator(self, calibrator_id: int) -> dict[str, Any]:
+        with self.engine.connect().execution_options(**READ_ONLY) as conn:
+            record = calibrator_store.get(conn, calibrator_id)
+        if record is None:
+            raise ApiError(404, f"no calibrator {calibrator_id}", "calibrator_id")
+        return record.as_dict()
+
+    def report(self, calibrator_id: int) -> tuple[dict[str, Any], str]:
+        with self.engine.connect().execution_options(**READ_ONLY) as conn:
+            found = load_report(conn, calibrator_id)
+        if found is None:
+            raise ApiError(404, f"no report for calibrator {calibrator_id}", "calibrator_id")
+        return found
+
+    def rollback(self, calibrator_id: int) -> dict[str, Any]:
+        now = self.clock()
+        try:
+            with self.engine.begin() as conn:
+                rolled, restored = calibrator_store.rollback(conn, calibrator_id, now)
+        except LookupError as exc:
+            raise ApiError(404, str(exc), "calibrator_id") from exc
+        except ValueError as exc:
+            raise ApiError(409, str(exc), "calibrator_id") from exc
+        if isinstance(self.scorer, RegistryScorer):
+            self.scorer.refresh(
+                self.engine, now
+            )  # this replica at once; the others within the refresh interval
+        result = {"rolled_back": rolled.as_dict(), "restored": restored.as_dict() if restored else None}
+        self.notify(EventKind.CALIBRATOR_ROLLED_BACK, rolled.model, rolled.segment, result)
+        return result

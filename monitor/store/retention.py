@@ -1,0 +1,31 @@
+"""Retention: delete raw rows, parked feedback and sketch buckets past their horizon.
+
+Only rows already folded into the buckets are deleted (``schema.needs_fold`` is the one definition
+of "not yet folded"), in bounded batches so a large backlog never holds one long transaction.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, delete, select
+
+from monitor.store.schema import needs_fold, pending_feedback, predictions, sketch_bins
+
+__all__ = ["delete_expired_buckets", "delete_expired_pending", "delete_folded_predictions"]
+
+
+def delete_folded_predictions(conn: Connection, before: float, limit: int) -> int:
+    """Delete up to ``limit`` folded predictions made before ``before``; how many."""
+    expired = select(predictions.c.pk).where(predictions.c.ts < before, ~needs_fold()).limit(limit)
+    pks = [pk for (pk,) in conn.execute(expired)]
+    if pks:
+        conn.execute(delete(predictions).where(predictions.c.pk.in_(pks)))
+    return len(pks)
+
+
+def delete_expired_pending(conn: Connection, before: float) -> int:
+    """Parked feedback received before ``before`` whose prediction never came."""
+    return conn.execute(delete(pending_feedback).where(pending_feedback.c.received_at < before)).rowcount
+
+
+def delete_expired_buckets(conn: Connection, before: float) -> int:
+    return conn.execute(delete(sketch_bins).where(sketch_bins.c.bucket_start < before)).rowcount
