@@ -22,6 +22,32 @@ from pydantic_settings import (
 
 from monitor.vocabulary import FITTABLE_METHODS
 
+__all__ = [
+    "MASK",
+    "AuthConfig",
+    "ConfigError",
+    "DatabaseConfig",
+    "DriftConfig",
+    "EvaluationConfig",
+    "LimitsConfig",
+    "LoggingConfig",
+    "ModelConfig",
+    "ModelDriftOverride",
+    "NotificationConfig",
+    "RecalibrationConfig",
+    "RetentionConfig",
+    "SchedulerConfig",
+    "Scope",
+    "SegmentConfig",
+    "Settings",
+    "TokenAggregation",
+    "TokenConfig",
+    "load_settings",
+    "mask_url",
+    "parse_duration",
+]
+
+
 Scope = Literal["ingest", "read", "admin"]
 TokenAggregation = Literal["mean", "sum", "min"]
 MASK = "********"
@@ -160,9 +186,10 @@ class AuthConfig(_Section):
 
 
 class NotificationConfig(_Section):
-    """One receiver. ``events`` lists the event kinds it wants (empty: all)."""
+    """One receiver. ``events`` lists the event kinds it wants (empty: all). ``apprise``: ``url`` is any
+    Apprise URL (``msteams://``, ``pagerduty://``, ``opsgenie://``, ``discord://``, ``tgram://``, ...)."""
 
-    kind: Literal["webhook", "slack", "email"]
+    kind: Literal["webhook", "slack", "email", "apprise"]
     url: SecretStr | None = None
     events: list[str] = Field(default_factory=list)
     smtp_host: str | None = None
@@ -175,11 +202,21 @@ class NotificationConfig(_Section):
 
     @model_validator(mode="after")
     def _complete(self) -> NotificationConfig:
-        if self.kind in ("webhook", "slack") and self.url is None:
+        if self.kind in ("webhook", "slack", "apprise") and self.url is None:
             raise ValueError(f"a {self.kind} notification needs 'url'")
         if self.kind == "email" and not (self.smtp_host and self.sender and self.recipients):
             raise ValueError("an email notification needs 'smtp_host', 'sender' and 'recipients'")
+        if self.kind == "apprise":
+            _check_apprise_url(self.url)
         return self
+
+
+def _check_apprise_url(url: SecretStr | None) -> None:
+    """Refuse at start-up what Apprise cannot parse, instead of at the first event."""
+    import apprise
+
+    if url is None or not apprise.Apprise().add(url.get_secret_value()):
+        raise ValueError("an apprise notification needs a 'url' Apprise understands (see its URL list)")
 
 
 class RetentionConfig(_Section):

@@ -15,6 +15,26 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+__all__ = [
+    "CALIBRATED",
+    "DATASOURCE",
+    "FOLDER_TITLE",
+    "FOLDER_UID",
+    "JSON_NAME",
+    "RAW",
+    "SCHEMA_VERSION",
+    "SERIES",
+    "Json",
+    "dashboards",
+    "model_detail",
+    "overview",
+    "queries",
+    "render",
+    "service_health",
+    "target",
+]
+
+
 SCHEMA_VERSION = 39
 FOLDER_UID = "calmon"
 FOLDER_TITLE = "calmon"

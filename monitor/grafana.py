@@ -16,6 +16,15 @@ from grafana_client.client import GrafanaClientError, GrafanaException, TokenAut
 
 from monitor.dashboards import FOLDER_TITLE, FOLDER_UID, Json, dashboards
 
+__all__ = [
+    "PushError",
+    "PushResult",
+    "connect",
+    "log",
+    "push",
+]
+
+
 log = logging.getLogger(__name__)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from monitor.store.engine import create_store_engine
 from monitor.store.schema import predictions
 from tests.support import pgcluster
 from tests.support.daemon import Daemon
+from tests.support.polling import eventually
 from tests.support.services import missing_service
 
 
@@ -75,13 +75,13 @@ def test_database_outage_gives_503_then_recovers_without_restart(
         assert httpx.get(f"{url}/healthz").status_code == 200  # the process itself is fine
 
         own_cluster.start()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            up = httpx.post(f"{url}/v1/predictions", json=body(range(5, 10)), timeout=30)
-            if up.status_code == 200:
-                break
-            time.sleep(0.2)
-        assert up.status_code == 200 and up.json()["accepted"] == 5
+
+        def accepted() -> httpx.Response | None:
+            response = httpx.post(f"{url}/v1/predictions", json=body(range(5, 10)), timeout=30)
+            return response if response.status_code == 200 else None
+
+        up = eventually(accepted, 30, 0.2, "ingest to recover")
+        assert up.json()["accepted"] == 5
         assert httpx.get(f"{url}/readyz").status_code == 200
         assert daemon.process.poll() is None  # never restarted
     finally:

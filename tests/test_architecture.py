@@ -13,7 +13,18 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "monitor"
 MAX_FUNCTION_LINES = 80
 # Statement builders: outside monitor/store/ code may hold an Engine or a Connection, never build SQL.
-STATEMENT_BUILDERS = {"select", "insert", "update", "delete", "text", "func", "and_", "or_", "case", "literal"}
+STATEMENT_BUILDERS = {
+    "select",
+    "insert",
+    "update",
+    "delete",
+    "text",
+    "func",
+    "and_",
+    "or_",
+    "case",
+    "literal",
+}
 # What each part may import (besides itself), as docs/architecture.md states it.
 ALLOWED: dict[str, set[str]] = {
     "calibration": set(),
@@ -23,7 +34,16 @@ ALLOWED: dict[str, set[str]] = {
     "store": {"calibration", "config", "vocabulary"},
     "evaluation": {"calibration", "config", "store", "vocabulary"},
     "recalibration": {"calibration", "config", "store", "telemetry", "vocabulary"},
-    "collector": {"__init__", "calibration", "config", "evaluation", "recalibration", "store", "telemetry", "vocabulary"},
+    "collector": {
+        "__init__",
+        "calibration",
+        "config",
+        "evaluation",
+        "recalibration",
+        "store",
+        "telemetry",
+        "vocabulary",
+    },
     "lease": {"store"},
     "exporter": {"evaluation", "telemetry", "vocabulary"},
     "notify": {"config", "telemetry"},

@@ -26,6 +26,24 @@ from scipy.special import expit, log_expit, softmax
 
 from monitor.calibration.metrics import FloatArray, validate
 
+__all__ = [
+    "CALIBRATORS",
+    "CLIP",
+    "LOGIT_BETA_BOUNDS",
+    "SCALAR_BETA_BOUNDS",
+    "BetaCalibration",
+    "Calibrator",
+    "HistogramBinning",
+    "IdentityCalibrator",
+    "IsotonicCalibration",
+    "PlattScaling",
+    "TemperatureScaling",
+    "calibrate_rows",
+    "from_dict",
+    "make",
+]
+
+
 CLIP = 2.0**-53
 # Inverse-temperature bounds. Scalar mode works on logits of probabilities (|z| <= 27.6), where
 # T in [0.02, 50] spans every useful map; raw multi-class logits can be on any scale, so that mode

@@ -12,6 +12,15 @@ from scipy.spatial.distance import jensenshannon
 
 from monitor.calibration.metrics import FloatArray
 
+__all__ = [
+    "PSI_EPSILON",
+    "js_distance",
+    "ks_statistic",
+    "psi",
+    "wasserstein",
+]
+
+
 # PSI is undefined for an empty bin (log 0). Empty-bin proportions are raised to this floor and the
 # histogram renormalised; 1e-4 is the customary choice and bounds one empty bin's term to ~1e-3..1.
 PSI_EPSILON = 1e-4

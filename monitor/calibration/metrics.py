@@ -16,6 +16,42 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.special import ndtr
 from scipy.stats import rankdata
 
+__all__ = [
+    "EPS",
+    "BinStats",
+    "FloatArray",
+    "IntArray",
+    "ReliabilityTable",
+    "Strategy",
+    "auroc",
+    "bias_corrected_interval",
+    "bin_edges",
+    "bin_index",
+    "bin_stats",
+    "binned_gap",
+    "brier_score",
+    "classwise_ece",
+    "debiased_calibration_error",
+    "debiased_from_bins",
+    "ece_bootstrap_ci",
+    "ece_from_bins",
+    "ece_from_gap",
+    "expected_calibration_error",
+    "log_likelihood",
+    "maximum_calibration_error",
+    "mce_from_bins",
+    "negative_log_likelihood",
+    "quantile_edges",
+    "reliability_table",
+    "rms_calibration_error",
+    "rms_from_bins",
+    "spiegelhalter_from_sums",
+    "spiegelhalter_z",
+    "table_from_bins",
+    "validate",
+]
+
+
 Strategy = Literal["uniform", "quantile"]
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.intp]

@@ -20,6 +20,20 @@ from monitor.calibration import metrics
 from monitor.calibration.calibrators import Calibrator, make
 from monitor.calibration.metrics import FloatArray
 
+__all__ = [
+    "Candidate",
+    "Check",
+    "Evaluation",
+    "GateDecision",
+    "Split",
+    "evaluate",
+    "fit_candidates",
+    "select_best",
+    "time_split",
+    "time_split_indices",
+    "validation_gate",
+]
+
 
 @dataclass(frozen=True)
 class Split:

@@ -13,6 +13,15 @@ import math
 from collections.abc import Sequence
 from typing import Literal
 
+__all__ = [
+    "AGGREGATIONS",
+    "LOGPROB_TOLERANCE",
+    "Aggregation",
+    "sequence_confidence",
+    "validate_token_logprobs",
+]
+
+
 Aggregation = Literal["mean", "sum", "min"]
 AGGREGATIONS: tuple[Aggregation, ...] = ("mean", "sum", "min")
 # A log-probability is <= 0; tokenizer round-off can produce tiny positive values (e.g. 1e-7).

@@ -5,6 +5,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+__all__ = [
+    "softmax_max",
+    "top_label",
+    "validate_logits",
+    "validate_probs",
+]
+
 
 def validate_probs(probs: Sequence[float], tolerance: float) -> None:
     """Raise ValueError unless ``probs`` is a finite distribution over >= 2 classes."""

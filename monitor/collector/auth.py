@@ -15,6 +15,14 @@ from dataclasses import dataclass
 
 from monitor.config import AuthConfig, Scope
 
+__all__ = [
+    "IMPLIED",
+    "AuthError",
+    "Authenticator",
+    "Principal",
+]
+
+
 IMPLIED: dict[str, frozenset[str]] = {
     "admin": frozenset({"admin", "read", "ingest"}),
     "read": frozenset({"read"}),

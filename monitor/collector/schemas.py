@@ -6,6 +6,26 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
+__all__ = [
+    "CONFIDENCE_FIELDS",
+    "CalibrateBatch",
+    "CalibrateIn",
+    "ErrorResponse",
+    "FeedbackBatch",
+    "FeedbackIn",
+    "FeedbackResponse",
+    "Label",
+    "Name",
+    "PredictionBatch",
+    "PredictionIn",
+    "PredictionResponse",
+    "PredictionResultOut",
+    "Rejection",
+    "StrictFloat",
+    "Timestamp",
+]
+
+
 StrictFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 Name = Annotated[
     str, Field(strict=True, min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$")

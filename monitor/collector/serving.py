@@ -20,6 +20,16 @@ from monitor.store import calibrators as registry
 from monitor.store.engine import READ_ONLY
 from monitor.store.vectors import logits_of
 
+__all__ = [
+    "IDENTITY_VERSION",
+    "MODEL_WIDE",
+    "IdentityScorer",
+    "RegistryScorer",
+    "Scorer",
+    "Vectors",
+]
+
+
 IDENTITY_VERSION = "identity"
 MODEL_WIDE = "*"
 

@@ -23,6 +23,25 @@ from monitor.store.records import FeedbackItem, InputKind
 from monitor.store.vectors import pack_vector
 from monitor.vocabulary import MODEL_WIDE
 
+__all__ = [
+    "CALIBRATE",
+    "FEEDBACK",
+    "PREDICTIONS",
+    "RESERVED_SEGMENT",
+    "BatchError",
+    "Record",
+    "ScoredInput",
+    "parse_body",
+    "parse_timestamp",
+    "prepare_calibration",
+    "prepare_feedback",
+    "prepare_predictions",
+    "raw_confidence",
+    "score_prediction",
+    "validate_records",
+]
+
+
 Record = TypeVar("Record", bound=BaseModel)
 RESERVED_SEGMENT = MODEL_WIDE  # the model-wide series of every window
 

@@ -23,6 +23,12 @@ from sqlalchemy import Connection
 from monitor.calibration.sketch import CalibrationSketch
 from monitor.store.aggregates import BucketDelta, SeriesKey, load_sketches
 
+__all__ = [
+    "RollingWindows",
+    "Sketches",
+]
+
+
 Sketches = dict[SeriesKey, CalibrationSketch]
 
 

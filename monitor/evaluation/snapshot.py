@@ -12,6 +12,11 @@ from typing import Any
 
 from monitor.evaluation.windows import WindowStats
 
+__all__ = [
+    "Snapshot",
+    "SnapshotHolder",
+]
+
 
 @dataclass(frozen=True)
 class Snapshot:

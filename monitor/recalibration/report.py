@@ -9,6 +9,13 @@ import numpy as np
 from monitor.calibration import metrics
 from monitor.calibration.selection import Candidate, GateDecision, Split
 
+__all__ = [
+    "build",
+    "markdown",
+    "reliability_rows",
+    "svg",
+]
+
 
 def reliability_rows(scores: np.ndarray, correct: np.ndarray, n_bins: int) -> list[dict[str, Any]]:
     return metrics.reliability_table(scores, correct, n_bins).rows()

@@ -18,6 +18,17 @@ from monitor.store.events import append_event
 from monitor.store.schema import calibrators
 from monitor.vocabulary import EventKind
 
+__all__ = [
+    "CalibratorRecord",
+    "activate",
+    "active",
+    "all_active",
+    "create",
+    "get",
+    "list_all",
+    "rollback",
+]
+
 
 @dataclass(frozen=True)
 class CalibratorRecord:

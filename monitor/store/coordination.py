@@ -7,6 +7,14 @@ from sqlalchemy.exc import IntegrityError
 
 from monitor.store.schema import leases, snapshots
 
+__all__ = [
+    "holds_lease",
+    "load_snapshot",
+    "release_lease",
+    "save_snapshot",
+    "try_acquire_lease",
+]
+
 
 def try_acquire_lease(conn: Connection, name: str, holder: str, ttl: float, now: float) -> bool:
     """Take or renew the lease; True when ``holder`` holds it until ``now + ttl``.

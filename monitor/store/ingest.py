@@ -33,6 +33,15 @@ from monitor.store.records import (
 )
 from monitor.store.schema import feedback_conflicts, pending_feedback, predictions
 
+__all__ = [
+    "CHUNK",
+    "apply_feedback",
+    "derive_correct",
+    "insert_predictions",
+    "reconcile_pending",
+]
+
+
 CHUNK = 900  # stays under SQLite's bound-parameter limit with room for the other parameters
 
 

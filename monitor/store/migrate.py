@@ -10,6 +10,15 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
+__all__ = [
+    "MIGRATIONS",
+    "SchemaError",
+    "current_revision",
+    "head_revision",
+    "upgrade",
+]
+
+
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 

@@ -9,6 +9,13 @@ from sqlalchemy import Connection, case, func, select
 
 from monitor.store.schema import calibrators, feedback_conflicts, pending_feedback, predictions
 
+__all__ = [
+    "ModelCounts",
+    "SegmentCounts",
+    "active_calibrators",
+    "model_counts",
+]
+
 
 @dataclass(slots=True)
 class SegmentCounts:

@@ -5,6 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
+__all__ = [
+    "FeedbackItem",
+    "FeedbackOutcome",
+    "FeedbackStatus",
+    "InputKind",
+    "PredictionOutcome",
+    "PredictionResult",
+    "PredictionRow",
+]
+
+
 InputKind = Literal["confidence", "probs", "logits", "token_logprobs"]
 FeedbackStatus = Literal["matched", "pending", "duplicate", "conflict"]
 

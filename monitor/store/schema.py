@@ -30,6 +30,25 @@ from sqlalchemy import (
 
 from monitor.calibration.sketch import MOMENTS
 
+__all__ = [
+    "MOMENT_COLUMNS",
+    "NAME_LENGTH",
+    "UNAGGREGATED",
+    "BigId",
+    "calibrator_reports",
+    "calibrators",
+    "events",
+    "feedback_conflicts",
+    "leases",
+    "metadata",
+    "needs_fold",
+    "pending_feedback",
+    "predictions",
+    "sketch_bins",
+    "snapshots",
+]
+
+
 NAME_LENGTH = 256
 MOMENT_COLUMNS = MOMENTS  # one column per sketch moment, named and ordered as the sketch's
 UNAGGREGATED = "agg_state = 0 OR (agg_state = 1 AND correct IS NOT NULL)"

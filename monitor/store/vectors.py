@@ -8,6 +8,12 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
+__all__ = [
+    "logits_of",
+    "pack_vector",
+    "unpack_vector",
+]
+
 
 def pack_vector(values: Sequence[float]) -> bytes:
     """float32 little-endian: compact and exact enough for logits/probabilities."""

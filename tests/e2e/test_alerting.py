@@ -19,6 +19,7 @@ import yaml
 from monitor import dashboards
 from tests.support import alertmanager as am
 from tests.support.daemon import Daemon
+from tests.support.polling import eventually
 from tests.support.prometheus import Prometheus
 from tests.support.promql import expand
 from tests.support.receivers import HttpReceiver
@@ -112,12 +113,7 @@ def inject_drift(url: str) -> None:
 
 
 def wait_until(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.5)
-    raise TimeoutError(f"{what} within {timeout}s")
+    return eventually(check, timeout, 0.5, what)
 
 
 def start(factory: Any, hint: str) -> Any:
@@ -209,8 +205,14 @@ def test_drift_pages_through_prometheus_and_alertmanager_and_fills_every_dashboa
         wait_until(resolved, 60, "CalmonCalibrationDrift resolved at the webhook")
         assert not prometheus.query(f'ALERTS{{alertname="CalmonCalibrationDrift", model="{MODEL}"}}')
 
-        # 4. every dashboard query returns data for the injected model
-        time.sleep(3)  # range queries step by 2 s: let the promotion's scrape fall inside their last step
+        # 4. every dashboard query returns data for the injected model; range queries step by 2 s, so
+        # wait for a scrape a full step after the promotion to fall inside their last step
+        resolved_at = time.time()
+        wait_until(
+            lambda: float(prometheus.query("max(timestamp(up))")[0]["value"][1]) >= resolved_at + 2,
+            30,
+            "a scrape one range step after the promotion",
+        )
         check_every_dashboard_query(prometheus, started)
     finally:
         for part in (prometheus, alertmanager):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tests.support.daemon import Daemon
+from tests.support.polling import eventually
 from tests.support.prometheus import Prometheus
 from tests.support.services import missing_service
 
@@ -93,15 +94,14 @@ def test_two_daemons_on_postgres_share_one_leader_and_fail_over(
         a.wait_healthy()
         b.wait_healthy()
         send_dataset(a.base_url, "shared-model", n=300)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
+
+        def one_leader() -> list[float | None] | None:
             leaders = [scrape_value(d.base_url, "calmon_scheduler_leader") for d in (a, b)]
-            if sorted(leaders) == [0.0, 1.0]:
-                break
-            time.sleep(0.2)
-        assert sorted(leaders) == [0.0, 1.0], leaders
+            return leaders if sorted(leaders, key=lambda x: x or 0.0) == [0.0, 1.0] else None
+
+        leaders = eventually(one_leader, 20, 0.2, "exactly one leader")
         leader, follower = (a, b) if leaders[0] == 1.0 else (b, a)
-        time.sleep(3)  # several evaluation ticks
+        leader.wait_ticks(2)  # several evaluation ticks
         evaluate_runs = 'calmon_job_runs_total{outcome="success",task="evaluate"}'
         assert (scrape_value(leader.base_url, evaluate_runs) or 0) >= 2
         assert scrape_value(follower.base_url, evaluate_runs) is None  # each tick ran once: on the leader
@@ -112,15 +112,13 @@ def test_two_daemons_on_postgres_share_one_leader_and_fail_over(
         leader.process.kill()  # no chance to release the lease
         leader.process.wait()
         killed_at = time.monotonic()
-        while time.monotonic() - killed_at < 15:
-            if scrape_value(follower.base_url, "calmon_scheduler_leader") == 1.0:
-                break
-            time.sleep(0.1)
+        eventually(
+            lambda: scrape_value(follower.base_url, "calmon_scheduler_leader") == 1.0, 15, 0.1, "takeover"
+        )
         takeover = time.monotonic() - killed_at
-        assert scrape_value(follower.base_url, "calmon_scheduler_leader") == 1.0
         assert takeover <= 3 + 1 + 1  # lease TTL + one renewal interval + scrape slack
-        time.sleep(2.5)
-        assert (scrape_value(follower.base_url, evaluate_runs) or 0) >= 1  # it now runs the ticks
+        # it now runs the ticks
+        eventually(lambda: (scrape_value(follower.base_url, evaluate_runs) or 0) >= 1, 10, 0.1, "a tick")
     finally:
         a.stop()
         b.stop()

@@ -14,6 +14,7 @@ import pytest
 
 from monitor.calibration.metrics import expected_calibration_error
 from tests.support.daemon import Daemon
+from tests.support.polling import eventually
 from tests.support.receivers import HttpReceiver, SmtpReceiver
 
 LOOP = """
@@ -64,12 +65,7 @@ def events(url: str, kind: str) -> list[dict[str, Any]]:
 
 
 def wait_for_event(url: str, kind: str, timeout: float = 60.0) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if found := events(url, kind):
-            return found
-        time.sleep(0.2)
-    raise TimeoutError(f"no {kind} event within {timeout}s")
+    return eventually(lambda: events(url, kind), timeout, 0.2, f"a {kind} event")
 
 
 @pytest.fixture
@@ -102,12 +98,12 @@ def test_drift_to_promotion_on_a_real_daemon_with_notifications(
         p_good, c_good = calibrated_stream(2000, seed=5)
         first = send(daemon.base_url, p_good, c_good, "good")
         assert {r["calibrator_version"] for r in first} == {"identity"}
-        time.sleep(3)
+        daemon.wait_ticks(3)
         assert events(daemon.base_url, "drift_detected") == []
         # 2. its confidences turn overconfident; the labels are late: no calibration drift without them
         p, c = overconfident(3000, seed=0)
         send_predictions(daemon.base_url, p, "old")
-        time.sleep(3)
+        daemon.wait_ticks(3)
         assert not any(
             e["payload"]["kind"] == "calibration" for e in events(daemon.base_url, "drift_detected")
         )
@@ -126,11 +122,9 @@ def test_drift_to_promotion_on_a_real_daemon_with_notifications(
         assert expected_calibration_error(calibrated, c_new) < 0.05
         report = httpx.get(f"{daemon.base_url}/v1/calibrators/{promoted[0]['calibrator_id']}/report").json()
         assert report["trigger"] == "drift" and report["gate"]["promote"] is True
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not (
-            smtp.messages and broken.attempts >= 2 and len(hook.requests) >= 2
-        ):
-            time.sleep(0.1)
+        eventually(
+            lambda: smtp.messages and broken.attempts >= 2 and len(hook.requests) >= 2, 10, 0.1, "deliveries"
+        )
         assert {r["event"] for r in hook.requests} == {"drift_detected", "calibrator_promoted"}
         assert "calibrator_promoted" in smtp.messages[0].content.decode()
         metrics = httpx.get(f"{daemon.base_url}/metrics").text
@@ -152,9 +146,9 @@ def test_two_daemons_one_drift_one_recalibration_served_by_both(pg_url: str, tmp
         p, c = overconfident(3000, seed=2)
         send(a.base_url, p, c, "x")
         promoted = wait_for_event(a.base_url, "calibrator_promoted")
-        promoted_at = time.monotonic()
-        served = {}
-        while time.monotonic() - promoted_at < 1 + 2 and len(served) < 2:  # refresh interval + slack
+        served: dict[int, float] = {}
+
+        def both_serve_version_1() -> bool:
             for daemon in (a, b):
                 body = httpx.post(
                     f"{daemon.base_url}/v1/calibrate",
@@ -162,9 +156,11 @@ def test_two_daemons_one_drift_one_recalibration_served_by_both(pg_url: str, tmp
                 ).json()
                 if body["results"][0]["calibrator_version"] == "1":
                     served[daemon.port] = body["results"][0]["calibrated_confidence"]
-            time.sleep(0.1)
-        assert len(served) == 2 and len(set(served.values())) == 1  # both replicas, the same calibrator
-        time.sleep(3)  # more evaluation ticks: the drift episode must not start another run
+            return len(served) == 2
+
+        eventually(both_serve_version_1, 1 + 2, 0.1, "both replicas to serve version 1")  # refresh + slack
+        assert len(set(served.values())) == 1  # both replicas, the same calibrator
+        a.wait_ticks(3)  # more evaluation ticks: the drift episode must not start another run
         assert len(events(b.base_url, "calibrator_promoted")) == 1
         for daemon in (a, b):  # leader and follower export the same drift flags and calibrator change
             text = httpx.get(f"{daemon.base_url}/metrics").text

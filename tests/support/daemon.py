@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
 
 from tests.support.pgcluster import free_port
+from tests.support.polling import eventually
+
+
+class DaemonExited(RuntimeError):
+    """The daemon process died while the test waited for it."""
 
 
 class Daemon:
@@ -46,17 +51,33 @@ class Daemon:
         )
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def healthy() -> bool:
             if self.process.poll() is not None:
-                raise RuntimeError(f"calmon exited with {self.process.returncode}: {self.log()}")
-            try:
-                if httpx.get(f"{self.base_url}/healthz", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise TimeoutError(f"calmon not healthy after {timeout}s: {self.log()}")
+                raise DaemonExited(f"calmon exited with {self.process.returncode}: {self.log()}")
+            return httpx.get(f"{self.base_url}/healthz", timeout=1.0).status_code == 200
+
+        try:
+            eventually(healthy, timeout, 0.05, f"calmon healthy at {self.base_url}", fatal=(DaemonExited,))
+        except AssertionError as exc:
+            raise TimeoutError(f"{exc}: {self.log()}") from exc
+
+    def evaluated_at(self) -> float:
+        """When the snapshot this daemon serves was computed (0 before the first evaluation)."""
+        text = httpx.get(f"{self.base_url}/metrics", timeout=10).text
+        match = re.search(r"^calmon_last_evaluation_timestamp_seconds (\S+)$", text, re.MULTILINE)
+        return float(match.group(1)) if match else 0.0
+
+    def wait_ticks(self, count: int, timeout: float = 30.0) -> None:
+        """Let ``count`` more evaluations be served here (how a test shows nothing happens meanwhile)."""
+        seen = [self.evaluated_at()]
+
+        def advanced() -> bool:
+            now = self.evaluated_at()
+            if now > seen[-1]:
+                seen.append(now)
+            return len(seen) > count
+
+        eventually(advanced, timeout, 0.1, f"{count} more evaluations on {self.base_url}")
 
     def log(self, tail: int | None = 4000) -> str:
         if self.log_path and self.log_path.exists():

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
 
 from sqlalchemy import Engine
 
 from monitor.app import Daemon, build
 from monitor.config import Settings
 from monitor.exporter import Exposition
+from tests.support.polling import eventually
 
 __all__ = ["Clock", "build_daemon", "eventually", "sample"]
-
-T = TypeVar("T")
 
 
 class Clock:
@@ -25,30 +23,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def eventually(
-    predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = "the condition"
-) -> T:
-    """Poll ``predicate`` until it returns something truthy, and return that; fail after ``timeout``.
-
-    Exceptions inside the predicate count as "not yet" (a server still starting); the last one is
-    reported if time runs out, so a timeout always fails loudly and says why.
-    """
-    deadline = time.monotonic() + timeout
-    last_error: BaseException | None = None
-    while True:
-        try:
-            value = predicate()
-        except Exception as exc:  # not ready yet: keep polling
-            last_error = exc
-        else:
-            if value:
-                return value
-        if time.monotonic() >= deadline:
-            detail = f"; last error: {last_error!r}" if last_error is not None else ""
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}{detail}")
-        time.sleep(interval)
 
 
 def build_daemon(

@@ -13,8 +13,9 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
+
+from tests.support.polling import eventually
 
 INSTALL_HINT = "install Debian's 'postgresql' package (apt-get install postgresql)"
 
@@ -112,10 +113,8 @@ def start_cluster(durable: bool = False) -> PgCluster:
 
 
 def wait_until_accepting(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def accepting() -> bool:
         with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+
+    eventually(accepting, timeout, 0.05, f"a listener on 127.0.0.1:{port}")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from tests.support.pgcluster import free_port
+from tests.support.polling import eventually
 from tests.support.process import terminate, wait_ready
 
 INSTALL_HINT = "install Debian's 'prometheus' package (apt-get install prometheus)"
@@ -68,13 +68,7 @@ class Prometheus:
         return list(body["data"]["result"])
 
     def wait_for(self, promql: str, timeout: float = 60.0) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            result = self.query(promql)
-            if result:
-                return result
-            time.sleep(0.5)
-        raise TimeoutError(f"no result for {promql} after {timeout}s")
+        return eventually(lambda: self.query(promql), timeout, 0.5, f"a result for {promql}")
 
     def stop(self) -> None:
         terminate(self.process)
