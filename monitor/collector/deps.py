@@ -1,7 +1,9 @@
 """What routes depend on, typed: ``Annotated[..., Depends(...)]`` aliases over one ``Context``.
 
 ``create_app`` builds a ``Context`` from explicit parts and stores it on ``app.state``; routes name
-the part they need (``engine: EngineDep``) instead of closing over ``create_app``'s locals.
+the part they need (``engine: EngineDep``, ``limits: LimitsDep``, ``services: ServicesDep``) instead
+of closing over ``create_app``'s locals. The scorer, the clock and the snapshot reach routes through
+the services object that uses them, so no route reaches past it.
 """
 
 from __future__ import annotations
@@ -16,18 +18,19 @@ from sqlalchemy import Engine
 from monitor.collector.auth import Authenticator
 from monitor.collector.services import Services
 from monitor.collector.serving import Scorer
-from monitor.config import Scope, Settings
+from monitor.config import LimitsConfig, Scope, Settings
 from monitor.evaluation.snapshot import SnapshotHolder
 from monitor.recalibration.service import RecalibrationTrigger
 from monitor.telemetry import ServiceMetrics
 
 __all__ = [
+    "AuthDep",
     "Context",
     "ContextDep",
     "EngineDep",
+    "LimitsDep",
     "ServicesDep",
     "SettingsDep",
-    "SnapshotsDep",
     "require",
 ]
 
@@ -62,18 +65,23 @@ def _engine(ctx: ContextDep) -> Engine:
     return ctx.engine
 
 
-def _snapshots(ctx: ContextDep) -> SnapshotHolder:
-    return ctx.snapshots
-
-
 def _services(ctx: ContextDep) -> Services:
     return ctx.services
 
 
+def _limits(ctx: ContextDep) -> LimitsConfig:
+    return ctx.settings.limits
+
+
+def _auth(ctx: ContextDep) -> Authenticator:
+    return ctx.auth
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 EngineDep = Annotated[Engine, Depends(_engine)]
-SnapshotsDep = Annotated[SnapshotHolder, Depends(_snapshots)]
 ServicesDep = Annotated[Services, Depends(_services)]
+LimitsDep = Annotated[LimitsConfig, Depends(_limits)]
+AuthDep = Annotated[Authenticator, Depends(_auth)]
 
 
 def require(scope: Scope) -> Callable[[Request], Awaitable[None]]:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from monitor.collector.deps import ContextDep, require
+from monitor.collector.deps import LimitsDep, ServicesDep, require
 from monitor.collector.errors import JSONResponse, read_body
 from monitor.collector.schemas import ErrorResponse, FeedbackResponse, PredictionResponse
 
@@ -26,9 +26,9 @@ WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
     responses=WRITE_ERRORS,
     summary="Log a batch of predictions; returns each calibrated confidence",
 )
-async def post_predictions(request: Request, ctx: ContextDep) -> Response:
-    body = await read_body(request, ctx.settings.limits.max_body_bytes)
-    return JSONResponse(await run_in_threadpool(ctx.services.ingest_predictions, body))
+async def post_predictions(request: Request, limits: LimitsDep, services: ServicesDep) -> Response:
+    body = await read_body(request, limits.max_body_bytes)
+    return JSONResponse(await run_in_threadpool(services.ingest_predictions, body))
 
 
 @router.post(
@@ -37,9 +37,9 @@ async def post_predictions(request: Request, ctx: ContextDep) -> Response:
     responses=WRITE_ERRORS,
     summary="Report ground truth for earlier (or not yet arrived) predictions",
 )
-async def post_feedback(request: Request, ctx: ContextDep) -> Response:
-    body = await read_body(request, ctx.settings.limits.max_body_bytes)
-    return JSONResponse(await run_in_threadpool(ctx.services.ingest_feedback, body))
+async def post_feedback(request: Request, limits: LimitsDep, services: ServicesDep) -> Response:
+    body = await read_body(request, limits.max_body_bytes)
+    return JSONResponse(await run_in_threadpool(services.ingest_feedback, body))
 
 
 @router.post(
@@ -47,6 +47,6 @@ async def post_feedback(request: Request, ctx: ContextDep) -> Response:
     responses={status: {"model": ErrorResponse} for status in (400, 413, 422)},
     summary="Calibrate scores without logging them (for pipelines that log elsewhere)",
 )
-async def post_calibrate(request: Request, ctx: ContextDep) -> Response:
-    body = await read_body(request, ctx.settings.limits.max_body_bytes)
-    return JSONResponse(await run_in_threadpool(ctx.services.calibrate, body))
+async def post_calibrate(request: Request, limits: LimitsDep, services: ServicesDep) -> Response:
+    body = await read_body(request, limits.max_body_bytes)
+    return JSONResponse(await run_in_threadpool(services.calibrate, body))

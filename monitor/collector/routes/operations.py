@@ -7,7 +7,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
 from monitor import __version__
-from monitor.collector.deps import ContextDep
+from monitor.collector.deps import AuthDep, ContextDep, EngineDep, SettingsDep
 from monitor.collector.errors import STORE_DOWN, JSONResponse, error
 from monitor.store.engine import ping
 from monitor.store.migrate import current_revision, head_revision
@@ -18,9 +18,9 @@ router = APIRouter()
 
 
 @router.get("/metrics", include_in_schema=False)
-def prometheus_metrics(request: Request, ctx: ContextDep) -> Response:
-    if ctx.settings.auth.protect_metrics:
-        ctx.auth.authorize(request.headers.get("authorization"), "read")
+def prometheus_metrics(request: Request, ctx: ContextDep, settings: SettingsDep, auth: AuthDep) -> Response:
+    if settings.auth.protect_metrics:
+        auth.authorize(request.headers.get("authorization"), "read")
     return Response(ctx.render_metrics(), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -30,10 +30,10 @@ def healthz() -> Response:
 
 
 @router.get("/readyz", summary="The database is reachable and migrated")
-def readyz(ctx: ContextDep) -> Response:
+def readyz(engine: EngineDep) -> Response:
     try:
-        ping(ctx.engine)
-        revision = current_revision(ctx.engine)
+        ping(engine)
+        revision = current_revision(engine)
     except STORE_DOWN as exc:
         return error(503, f"database unreachable: {type(exc).__name__}")
     expected = head_revision()
