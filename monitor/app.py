@@ -6,7 +6,9 @@ Nothing imports this but the CLI (and tests that start a daemon in-process).
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +19,7 @@ import uvicorn
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from monitor.collector.api import create_app
 from monitor.collector.serving import RegistryScorer
@@ -32,7 +35,7 @@ from monitor.store.engine import create_store_engine
 from monitor.store.migrate import upgrade
 from monitor.telemetry import BinnedCounters, ServiceMetrics
 
-__all__ = ["Daemon", "build", "serve"]
+__all__ = ["Daemon", "StartupError", "build", "serve"]
 
 log = logging.getLogger("calmon.app")
 
@@ -137,17 +140,56 @@ def build(
     )
 
 
+class StartupError(RuntimeError):
+    """calmon cannot start; the message is one line naming the setting to fix."""
+
+
+def _bind(settings: Settings) -> socket.socket:
+    """The listening socket, taken before anything is written (migrations, the lease)."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        sock.close()
+        raise StartupError(
+            f"cannot listen on {settings.host}:{settings.port} (host/port, --host/--port): {exc.strerror}"
+        ) from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _build_or_explain(settings: Settings) -> Daemon:
+    try:
+        return build(settings)
+    except (OperationalError, InterfaceError) as exc:
+        reason = str(exc.orig if exc.orig is not None else exc).strip().splitlines()[0]
+        raise StartupError(
+            f"cannot reach the database {mask_url(settings.url())} (database_url, --database-url): {reason}"
+        ) from None
+
+
 def serve(settings: Settings) -> None:
-    """Run until SIGINT/SIGTERM; uvicorn stops accepting, drains in-flight requests, then returns."""
-    daemon = build(settings)
+    """Run until SIGINT/SIGTERM; uvicorn stops accepting, drains in-flight requests, then returns.
+
+    Shutdown is bounded by ``shutdown_grace_seconds`` even when a job is stuck on a frozen database:
+    what a stuck job holds is an uncommitted transaction (a 2xx means committed), so the process
+    leaves without it rather than hang.
+    """
+    sock = _bind(settings)
+    try:
+        daemon = _build_or_explain(settings)
+    except BaseException:
+        sock.close()
+        raise
     log.info(
         "calmon starting",
         extra={"host": settings.host, "port": settings.port, "database": mask_url(settings.url())},
     )
     config = uvicorn.Config(
         daemon.app,
-        host=settings.host,
-        port=settings.port,
         log_config=None,  # our logging configuration stays in charge
         access_log=settings.logging.access_log,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
@@ -157,10 +199,28 @@ def serve(settings: Settings) -> None:
     if settings.scheduler.enabled:
         daemon.scheduler.start()
     try:
-        _Server(config).run()
+        _Server(config).run(sockets=[sock])
     finally:
+        _stop(daemon, settings)
+
+
+def _stop(daemon: Daemon, settings: Settings) -> None:
+    stopped = threading.Event()
+
+    def stop_parts() -> None:
         if settings.scheduler.enabled:
             daemon.scheduler.shutdown()
         daemon.notifier.stop()
         daemon.engine.dispose()
+        stopped.set()
+
+    threading.Thread(target=stop_parts, name="calmon-stop", daemon=True).start()
+    if stopped.wait(settings.shutdown_grace_seconds):
         log.info("calmon stopped")
+        return
+    log.error(
+        "calmon stopped with a job still waiting on the database (its transaction is rolled back)",
+        extra={"waited_seconds": settings.shutdown_grace_seconds},
+    )
+    logging.shutdown()
+    os._exit(0)  # the stuck worker thread would keep the interpreter from exiting

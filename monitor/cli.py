@@ -103,6 +103,11 @@ def _parser() -> argparse.ArgumentParser:
     _dashboard_options(
         verb("dashboards", _dashboards, "the Grafana dashboards: render or push", database=False)
     )
+    rules = verb("alerts", _alerts, "write the shipped alert rules with your runbook links", database=False)
+    rules.add_argument("action", choices=["render"], help="write the rules file")
+    rules.add_argument("--runbook-base", required=True, help="URL every runbook_url is moved under")
+    rules.add_argument("--rules", default="alerts/calmon.rules.yml", help="the shipped rules file")
+    rules.add_argument("--out", default="-", help="where to write them ('-': standard output)")
     db = verb("db", _db, "schema migrations")
     db.add_argument(
         "action", choices=["upgrade", "current"], help="apply the migrations, or show the revision"
@@ -145,10 +150,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     from monitor.logsetup import configure_logging
 
     configure_logging(settings.logging.level, settings.logging.format)
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    from monitor.config import mask_url
+
     try:
         code: int = args.func(args, settings)
     except SchemaError as exc:
         print(f"calmon: {exc}", file=sys.stderr)
+        return 2
+    except (OperationalError, InterfaceError) as exc:
+        reason = str(exc.orig if exc.orig is not None else exc).strip().splitlines()[0]
+        where = mask_url(settings.url())
+        print(
+            f"calmon: cannot reach the database {where} (database_url, --database-url): {reason}",
+            file=sys.stderr,
+        )
         return 2
     return code
 
@@ -168,9 +185,13 @@ def _migrated_engine(settings: Settings) -> Iterator[Engine]:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from monitor.app import serve
+    from monitor.app import StartupError, serve
 
-    serve(settings)
+    try:
+        serve(settings)
+    except StartupError as exc:
+        print(f"calmon: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -205,12 +226,16 @@ def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _recalibrate(args: argparse.Namespace, settings: Settings) -> int:
-    from monitor.recalibration.job import recalibrate
+    from monitor.recalibration.job import UnknownSeries, recalibrate
     from monitor.recalibration.report import markdown
     from monitor.vocabulary import RecalibrationOutcome, Trigger
 
     with _migrated_engine(settings) as engine:
-        outcome = recalibrate(engine, settings, args.model, args.segment, Trigger.MANUAL, args.dry_run)
+        try:
+            outcome = recalibrate(engine, settings, args.model, args.segment, Trigger.MANUAL, args.dry_run)
+        except UnknownSeries as exc:
+            print(f"calmon: {exc}", file=sys.stderr)
+            return 1
     print(markdown(outcome.report) if outcome.report else f"{outcome.outcome}: {outcome.reason}")
     return 1 if outcome.outcome == RecalibrationOutcome.FAILED else 0
 
@@ -243,6 +268,22 @@ def _calibrators(args: argparse.Namespace, settings: Settings) -> int:
             return 1
     target = f"version {restored.version}" if restored else "the model-wide calibrator or identity"
     print(f"rolled back {rolled.model}/{rolled.segment} v{rolled.version}; now serving {target}")
+    return 0
+
+
+def _alerts(args: argparse.Namespace, settings: Settings) -> int:
+    from monitor.alerting import rebase_runbooks
+
+    try:
+        rendered = rebase_runbooks(Path(args.rules).read_text(), args.runbook_base)
+    except (OSError, ValueError) as exc:
+        print(f"calmon: alerts render: {exc}", file=sys.stderr)
+        return 2
+    if args.out == "-":
+        sys.stdout.write(rendered)
+    else:
+        Path(args.out).write_text(rendered)
+        print(f"wrote {args.out}")
     return 0
 
 

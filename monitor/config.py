@@ -114,6 +114,20 @@ class RecalibrationConfig(_Section):
     on_drift: bool = True  # recalibrate when calibration drift becomes active
     min_logit_rows: int = Field(200, ge=10)  # rows with stored logits and a class label to fit on full logits
 
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        """A crontab line, checked here so a typo stops ``check-config`` and ``serve`` at once."""
+        if value is None:
+            return value
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(value, timezone="UTC")
+        except ValueError as exc:
+            raise ValueError(f"not a crontab schedule like '0 3 * * 1' ({exc})") from None
+        return value
+
     @field_validator("methods")
     @classmethod
     def _known_methods(cls, value: list[str]) -> list[str]:
@@ -250,9 +264,14 @@ class LimitsConfig(_Section):
 
 
 class DatabaseConfig(_Section):
+    """Every wait on the database is bounded, so a stalled server gives callers a timely 503."""
+
     pool_size: int = Field(10, ge=1)
     max_overflow: int = Field(10, ge=0)
     connect_timeout_seconds: int = Field(5, ge=1)
+    pool_timeout_seconds: float = Field(3.0, gt=0)  # waiting for a free pooled connection
+    statement_timeout_seconds: float = Field(30.0, gt=0)  # PostgreSQL's server-side statement_timeout
+    request_timeout_seconds: float = Field(4.0, gt=0)  # an API request's deadline, then 503 + Retry-After
     sqlite_synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "FULL"
     sqlite_busy_timeout_ms: int = Field(10_000, ge=0)
 

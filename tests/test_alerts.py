@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "alerts" / "calmon.rules.yml"
 RULE_TESTS = sorted((ROOT / "alerts" / "tests").glob("*.test.yml"))
 RUNBOOKS = ROOT / "docs" / "runbooks"
-RUNBOOK_BASE = "https://github.com/calmon-dev/calmon/blob/main/docs/runbooks/"
+RUNBOOK_BASE = "docs/runbooks/"  # a path in this repository: something that exists
 
 
 def alerts() -> list[dict[str, Any]]:
@@ -129,3 +129,22 @@ def test_amtool_rejects_a_broken_config(tmp_path: Path) -> None:
 def test_every_runbook_belongs_to_an_alert() -> None:
     runbooks = {path.stem for path in RUNBOOKS.glob("*.md")}
     assert runbooks == {rule["alert"] for rule in alerts()}
+
+
+def test_runbook_links_point_at_files_in_this_repository_and_can_be_rebased(
+    tmp_path: Path, capsys: Any
+) -> None:
+    from monitor.cli import main
+
+    for rule in alerts():
+        assert (ROOT / rule["annotations"]["runbook_url"]).is_file(), rule["alert"]
+    out = tmp_path / "rules.yml"
+    args = ["alerts", "render", "--runbook-base", "https://wiki.internal/runbooks", "--rules", str(RULES)]
+    assert main([*args, "--out", str(out)]) == 0
+    rebased = yaml.safe_load(out.read_text())
+    urls = [r["annotations"]["runbook_url"] for g in rebased["groups"] for r in g["rules"] if "alert" in r]
+    assert urls == [f"https://wiki.internal/runbooks/{r['alert']}.md" for r in alerts()]
+    assert out.read_text().replace("https://wiki.internal/runbooks/", RUNBOOK_BASE) == RULES.read_text()
+    result = subprocess.run([promtool(), "check", "rules", str(out)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert main(["alerts", "render", "--runbook-base", "x", "--rules", str(tmp_path / "none.yml")]) == 2

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -122,3 +125,40 @@ def test_acknowledged_batches_survive_a_kill_9(tmp_path: Path) -> None:
         labelled = select(func.count()).select_from(predictions).where(predictions.c.correct.is_not(None))
         assert conn.execute(labelled).scalar_one() == 500
     engine.dispose()
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "monitor", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def test_a_port_in_use_is_one_line_before_anything_is_written(tmp_path: Path) -> None:
+    database = tmp_path / "never.db"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = str(taken.getsockname()[1])
+        result = run_cli(
+            "serve", "--host", "127.0.0.1", "--port", port, "--database-url", f"sqlite:///{database}"
+        )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot listen on 127.0.0.1:" in lines[0] and "--port" in lines[0], (
+        result.stderr
+    )
+    assert not database.exists()  # no migration ran, no lease was taken
+
+
+def test_an_unreachable_database_is_one_line_naming_the_setting() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]  # nothing listens there once closed
+    url = f"postgresql+psycopg://calmon:secret@127.0.0.1:{dead}/calmon"
+    for args in (["serve", "--port", "0"], ["db", "upgrade"], ["rebuild-aggregates"]):
+        result = run_cli(*args, "--database-url", url)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert "cannot reach the database" in lines[0] and "database_url" in lines[0]
+        assert "secret" not in lines[0]  # the password is masked

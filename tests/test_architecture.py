@@ -51,6 +51,7 @@ ALLOWED: dict[str, set[str]] = {
     "dashboards": set(),
     "grafana": {"dashboards"},
     "logsetup": set(),
+    "alerting": set(),
 }
 WIRING = {"app", "cli", "__main__", "__init__"}  # may import anything (only __main__ imports cli)
 

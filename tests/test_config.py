@@ -69,6 +69,10 @@ def test_yaml_then_env_then_overrides(config_file: Path, monkeypatch: pytest.Mon
             "auth.tokens.0.scopes",
         ),
         ("models: {m: {token_aggregation: median}}", "models.m.token_aggregation"),
+        ("recalibration: {schedule: every monday}", "recalibration.schedule"),
+        ("recalibration: {schedule: '0 3 * * 8'}", "recalibration.schedule"),
+        ("recalibration: {methods: [temperature, magic]}", "recalibration.methods"),
+        ("notifications: [{kind: apprise, url: 'nosuch://x'}]", "notifications.0"),
     ],
 )
 def test_invalid_config_names_the_key(tmp_path: Path, text: str, key: str) -> None:

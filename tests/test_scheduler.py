@@ -98,7 +98,10 @@ def test_evaluation_publishes_snapshot_metrics_and_api(parts: Parts) -> None:
     reliability = client.get("/v1/models/qa/reliability", params={"window": "1h", "score": "raw"}).json()
     assert reliability["ece"] == pytest.approx(ece) and len(reliability["bins"]) == 15
     assert client.get("/v1/models/qa/reliability", params={"window": "5m"}).status_code == 422
-    assert client.get("/v1/models/zz/reliability").status_code == 404
+    unknown = client.get("/v1/models/zz/reliability")
+    assert unknown.status_code == 404 and unknown.json()["field"] == "model"
+    typo = client.get("/v1/models/qa/reliability", params={"segment": "nope"})
+    assert typo.status_code == 404 and typo.json()["field"] == "segment"
     text = client.get("/metrics").text
     assert "calmon_expected_calibration_error{" in text and "calmon_window_confidence_bucket{" in text
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CollectorRegistry, generate_latest
 from sqlalchemy import Engine
 from starlette.responses import Response
@@ -15,7 +18,7 @@ from starlette.responses import Response
 from monitor import __version__
 from monitor.collector.auth import Authenticator
 from monitor.collector.deps import Context
-from monitor.collector.errors import JSONResponse, install_handlers
+from monitor.collector.errors import JSONResponse, Throttled, error, install_handlers
 from monitor.collector.routes import ROUTERS
 from monitor.collector.schemas import CalibrateBatch, FeedbackBatch, PredictionBatch
 from monitor.collector.services import Notify, Services
@@ -26,6 +29,8 @@ from monitor.recalibration.service import RecalibrationTrigger
 from monitor.telemetry import ServiceMetrics
 
 __all__ = ["create_app"]
+
+log = logging.getLogger("calmon.collector")
 
 # Routes that read their own body (to report per-record errors) still publish its schema.
 REQUEST_BODIES: dict[str, type[Any]] = {
@@ -58,7 +63,7 @@ def create_app(
     metrics = metrics if metrics is not None else ServiceMetrics(registry)
     snapshots = snapshots if snapshots is not None else SnapshotHolder()
     scorer = scorer or IdentityScorer()
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc from packaged, pinned assets: they work offline
         title="calmon",
         version=__version__,
         description="Calibration monitoring for LLM and classifier confidence scores.",
@@ -76,6 +81,7 @@ def create_app(
         render_metrics=render_metrics if render_metrics is not None else (lambda: generate_latest(registry)),
         recalibrator=recalibrator,
     )
+    _enforce_deadline(app, settings.database.request_timeout_seconds)
     _time_requests(app, metrics)
     install_handlers(app, metrics)
     for router in ROUTERS:
@@ -94,6 +100,48 @@ def _time_requests(app: FastAPI, metrics: ServiceMetrics) -> None:
             time.perf_counter() - started
         )
         return response
+
+
+# Routes that may legitimately run longer than a request deadline: a manual recalibration fits
+# models synchronously (its database work is bounded by the pool and statement timeouts).
+NO_DEADLINE = ("/recalibrate",)
+
+
+def _enforce_deadline(app: FastAPI, seconds: float) -> None:
+    """Answer 503 + Retry-After when a request is not done within ``seconds``.
+
+    A frozen database server (SIGSTOP, a stalled disk) accepts TCP but never answers, so neither
+    the connect timeout nor a server-side statement timeout fires. The request's worker thread is
+    left to finish when the server wakes; the caller is answered now. The pool timeout keeps later
+    requests from queueing behind the stuck connections.
+    """
+
+    throttle = Throttled()
+
+    @app.middleware("http")
+    async def _deadline(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if request.url.path.endswith(NO_DEADLINE):
+            return await call_next(request)
+        task = asyncio.ensure_future(call_next(request))
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+        if task in done:
+            return task.result()
+        task.add_done_callback(_discard)
+        task.cancel()
+        suppressed = throttle.allow()
+        if suppressed is not None:
+            extra = {"path": request.url.path, "suppressed": suppressed}
+            log.warning("request deadline passed; answering 503", extra=extra)
+        return error(
+            503,
+            f"no answer within {seconds:g} s (database stalled?); retry later",
+            headers={"Retry-After": "5"},
+        )
+
+
+def _discard(task: asyncio.Future[Response]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: an abandoned request's late failure is not an unhandled error
 
 
 def _document_bodies(app: FastAPI, bodies: dict[str, type[Any]]) -> None:

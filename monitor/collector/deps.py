@@ -12,10 +12,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Query, Request
 from sqlalchemy import Engine
 
 from monitor.collector.auth import Authenticator
+from monitor.collector.schemas import NAME_PATTERN
 from monitor.collector.services import Services
 from monitor.collector.serving import Scorer
 from monitor.config import LimitsConfig, Scope, Settings
@@ -24,11 +25,16 @@ from monitor.recalibration.service import RecalibrationTrigger
 from monitor.telemetry import ServiceMetrics
 
 __all__ = [
+    "ROW_ID_MAX",
     "AuthDep",
+    "CalibratorId",
     "Context",
     "ContextDep",
     "EngineDep",
     "LimitsDep",
+    "ModelName",
+    "NameQuery",
+    "OptionalNameQuery",
     "ServicesDep",
     "SettingsDep",
     "require",
@@ -91,3 +97,12 @@ def require(scope: Scope) -> Callable[[Request], Awaitable[None]]:
         context(request).auth.authorize(request.headers.get("authorization"), scope)
 
     return dependency
+
+
+# Path and query parameters reach SQL: bound them like the body's fields (a NUL or a 2**63 id would
+# otherwise be a driver error, i.e. a 500).
+ROW_ID_MAX = 2**63 - 1  # BIGINT
+ModelName = Annotated[str, Path(min_length=1, max_length=256, pattern=NAME_PATTERN)]
+CalibratorId = Annotated[int, Path(ge=1, le=ROW_ID_MAX)]
+NameQuery = Query(min_length=1, max_length=256, pattern=NAME_PATTERN)
+OptionalNameQuery = Annotated[str | None, Query(min_length=1, max_length=256, pattern=NAME_PATTERN)]

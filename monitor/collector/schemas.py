@@ -8,6 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 __all__ = [
     "CONFIDENCE_FIELDS",
+    "LABEL_PATTERN",
+    "NAME_PATTERN",
     "CalibrateBatch",
     "CalibrateIn",
     "ErrorResponse",
@@ -27,10 +29,14 @@ __all__ = [
 
 
 StrictFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
-Name = Annotated[
-    str, Field(strict=True, min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$")
-]
-Label = Annotated[str, Field(strict=True, max_length=256)] | Annotated[int, Field(strict=True)]
+# No control character anywhere (PostgreSQL refuses NUL in text), and at least one visible character.
+NAME_PATTERN = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"
+LABEL_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+Name = Annotated[str, Field(strict=True, min_length=1, max_length=256, pattern=NAME_PATTERN)]
+Label = (
+    Annotated[str, Field(strict=True, max_length=256, pattern=LABEL_PATTERN)]
+    | Annotated[int, Field(strict=True, ge=-(2**63), lt=2**63)]
+)
 Timestamp = Annotated[str, Field(strict=True, max_length=64)] | StrictFloat
 
 CONFIDENCE_FIELDS = ("confidence", "probs", "logits", "token_logprobs")

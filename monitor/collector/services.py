@@ -124,7 +124,10 @@ class Services:
     def ingest_predictions(self, body: bytes) -> dict[str, Any]:
         items = parse_body(body, "predictions", self.settings.limits)
         now = self.clock()
-        scored, rejected = prepare_predictions(items, now, self.settings.limits, self.aggregation_for)
+        horizon = self.settings.retention.raw_days
+        scored, rejected = prepare_predictions(
+            items, now, self.settings.limits, self.aggregation_for, horizon
+        )
         if rejected and not scored:
             raise _all_rejected(rejected)
         rows = self.score(scored)
@@ -225,9 +228,10 @@ class Services:
             )
         stats = snapshot.find(model, segment, window, score)
         if stats is None:
-            raise ApiError(
-                404, f"no data for model {model!r}, segment {segment!r} in window {window}", "model"
-            )
+            if not snapshot.for_model(model):
+                raise ApiError(404, f"no data for model {model!r}", "model")
+            message = f"no data for segment {segment!r} of model {model!r} in window {window}"
+            raise ApiError(404, message, "segment")
         return {
             **window_summary(stats),
             "evaluated_at": snapshot.created_at,

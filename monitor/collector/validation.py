@@ -20,7 +20,7 @@ from monitor.calibration.vectors import softmax_max, top_label, validate_logits,
 from monitor.collector.schemas import CONFIDENCE_FIELDS, CalibrateIn, FeedbackIn, PredictionIn, Rejection
 from monitor.config import LimitsConfig
 from monitor.store.records import FeedbackItem, InputKind
-from monitor.store.vectors import pack_vector
+from monitor.store.vectors import FLOAT32_MAX, pack_vector
 from monitor.vocabulary import MODEL_WIDE
 
 __all__ = [
@@ -84,6 +84,8 @@ def parse_body(body: bytes, key: str, limits: LimitsConfig) -> list[Any]:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise BatchError(400, "body", f"body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise BatchError(400, "body", "body nests deeper than any record can") from None
     if not isinstance(data, dict):
         raise BatchError(422, "body", f"body must be a JSON object with a {key!r} list")
     unknown = sorted(set(data) - {key})
@@ -111,20 +113,43 @@ def _field_of(loc: Sequence[int | str]) -> str:
     return name
 
 
+# What a field expects, said in the words of the API when pydantic's own message would mislead
+# (a label given as 2**70 fails every member of the union; the first member's message is "a string").
+EXPECTED = {
+    "model": "a string of 1 to 256 characters, not blank, without control characters",
+    "id": "a string of 1 to 256 characters, not blank, without control characters",
+    "segment": "a string of 1 to 256 characters, not blank, without control characters",
+    "predicted": "a string (at most 256 characters, no control characters) or a 64-bit integer",
+    "label": "a string (at most 256 characters, no control characters) or a 64-bit integer",
+}
+
+
 def _message(error: dict[str, Any]) -> str:
     if error["type"] == "extra_forbidden":
-        return f"unknown field {error['loc'][0]!r}"
+        return f"unknown field {safe_text(str(error['loc'][0]))!r}"
     if error["type"] == "missing":
         return "field required"
+    loc: tuple[Any, ...] = tuple(error.get("loc") or ())
+    field = str(loc[0]) if loc else ""
+    # A pattern mismatch would quote the regex; a union failure (a label of 2**70) names only the
+    # first member: say what the field takes instead.
+    if field in EXPECTED and (error["type"] == "string_pattern_mismatch" or len(loc) > 1):
+        return f"must be {EXPECTED[field]}"
     msg = str(error["msg"])
     return msg.removeprefix("Value error, ")
+
+
+def safe_text(value: str) -> str:
+    """``value`` as UTF-8 can carry it: a lone surrogate (valid in lenient JSON, not in UTF-8) becomes
+    its escape, so echoing a rejected id never breaks the response."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _guess_id(item: Any) -> str | None:
     if isinstance(item, dict):
         value = item.get("id")
         if isinstance(value, str):
-            return value[:256]
+            return safe_text(value[:256])
     return None
 
 
@@ -164,7 +189,9 @@ def validate_records(
     return valid, rejected
 
 
-def parse_timestamp(value: str | float | None, now: float, limits: LimitsConfig) -> float:
+def parse_timestamp(
+    value: str | float | None, now: float, limits: LimitsConfig, horizon_days: float | None = None
+) -> float:
     if value is None:
         return now
     if isinstance(value, str):
@@ -181,6 +208,12 @@ def parse_timestamp(value: str | float | None, now: float, limits: LimitsConfig)
         raise ValueError("timestamp is before 1970")
     if ts > now + limits.max_future_skew_seconds:
         raise ValueError(f"timestamp is more than {limits.max_future_skew_seconds:g} s in the future")
+    if horizon_days is not None and ts < now - horizon_days * 86400.0:
+        # Accepting it would be a silent loss: retention deletes raw rows older than raw_days, so
+        # its labels could never join it.
+        raise ValueError(
+            f"timestamp is older than the accepted horizon of {horizon_days:g} days (retention.raw_days)"
+        )
     return ts
 
 
@@ -190,6 +223,7 @@ def score_prediction(
     now: float,
     limits: LimitsConfig,
     aggregation_for: Callable[[str], Aggregation],
+    horizon_days: float | None = None,
 ) -> ScoredInput:
     """Apply the config-dependent checks and reduce the given form to one raw confidence.
 
@@ -203,7 +237,7 @@ def score_prediction(
     if predicted is not None and len(predicted) > limits.max_label_length:
         raise _FieldError("predicted", f"longer than {limits.max_label_length} characters")
     try:
-        ts = parse_timestamp(record.ts, now, limits)
+        ts = parse_timestamp(record.ts, now, limits, horizon_days)
     except ValueError as exc:
         raise _FieldError("ts", str(exc)) from None
 
@@ -246,6 +280,7 @@ def raw_confidence(
     elif record.logits is not None:
         kind, values = "logits", record.logits
         _check_length("logits", values, limits)
+        _check_storable("logits", values)
         try:
             validate_logits(values)
         except ValueError as exc:
@@ -267,6 +302,15 @@ def raw_confidence(
     return kind, raw, predicted, vector
 
 
+def _check_storable(field: str, values: Sequence[float]) -> None:
+    """Vectors are stored as float32: a finite float64 beyond its range would overflow on packing."""
+    for position, value in enumerate(values):
+        if not -FLOAT32_MAX <= value <= FLOAT32_MAX:
+            raise _FieldError(
+                f"{field}[{position}]", f"{value:g} is beyond ±{FLOAT32_MAX:.4g} (stored as float32)"
+            )
+
+
 def _check_length(field: str, values: Sequence[float], limits: LimitsConfig) -> None:
     if len(values) > limits.max_vector_length:
         raise _FieldError(field, f"{len(values)} values exceed the limit of {limits.max_vector_length}")
@@ -284,12 +328,13 @@ def prepare_predictions(
     now: float,
     limits: LimitsConfig,
     aggregation_for: Callable[[str], Aggregation],
+    horizon_days: float | None = None,
 ) -> tuple[list[ScoredInput], list[Rejection]]:
     valid, rejected = validate_records(items, PREDICTIONS, PredictionIn)
     scored: list[ScoredInput] = []
     for index, record in valid:
         try:
-            scored.append(score_prediction(index, record, now, limits, aggregation_for))
+            scored.append(score_prediction(index, record, now, limits, aggregation_for, horizon_days))
         except _FieldError as exc:
             rejected.append(Rejection(index=index, id=record.id, field=exc.field, error=exc.message))
     rejected.sort(key=lambda r: r.index)

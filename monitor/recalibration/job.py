@@ -33,12 +33,13 @@ from monitor.recalibration import report as reports
 from monitor.store import calibrators as registry
 from monitor.store.engine import READ_ONLY
 from monitor.store.events import append_event
+from monitor.store.queries import series_known
 from monitor.store.reports import load_report as load_stored_report
 from monitor.store.reports import save_report
 from monitor.store.training import LabelledRows, labelled_rows
 from monitor.vocabulary import IDENTITY, MODEL_WIDE, EventKind, RecalibrationOutcome, Trigger
 
-__all__ = ["Outcome", "load_report", "recalibrate"]
+__all__ = ["NotEnoughLabels", "Outcome", "UnknownSeries", "load_report", "recalibrate"]
 
 log = logging.getLogger("calmon.recalibration")
 
@@ -65,6 +66,11 @@ class Outcome:
 
 class NotEnoughLabels(ValueError):
     """Too few labelled rows to fit: an expected outcome of a young or rarely labelled series."""
+
+
+class UnknownSeries(LookupError):
+    """No prediction of this model (or segment) was ever stored: nothing to recalibrate, nothing to
+    record. Raised before anything is written, so a typo never leaves an event or a counter."""
 
 
 @dataclass
@@ -287,8 +293,15 @@ def recalibrate(
     dry_run: bool = False,
     now: float | None = None,
 ) -> Outcome:
-    """Fit, gate and promote or refuse, writing the decision; a failure is an outcome, never a raise."""
+    """Fit, gate and promote or refuse, writing the decision; a failure is an outcome, never a raise,
+    except for a series that does not exist (``UnknownSeries``: nothing is written)."""
     now = time.time() if now is None else now
+    with engine.connect().execution_options(**READ_ONLY) as conn:
+        known = series_known(conn, model, None if segment == MODEL_WIDE else segment)
+        conn.rollback()
+    if not known:
+        what = f"model {model!r}" if segment == MODEL_WIDE else f"segment {segment!r} of model {model!r}"
+        raise UnknownSeries(f"no predictions stored for {what}")
     try:
         return _run(engine, settings, model, segment, trigger, dry_run, now)
     except Exception as exc:  # a failed run is an event and a counter, never a crash

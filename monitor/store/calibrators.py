@@ -45,6 +45,7 @@ class CalibratorRecord:
     fit_end: float | None
     created_at: float
     activated_at: float | None
+    replaced_id: int | None  # what was active when this was activated (0: nothing; None: unknown)
 
     def calibrator(self) -> Calibrator:
         return from_dict({"method": self.method, "params": self.params})
@@ -68,6 +69,7 @@ def _record(row: Any) -> CalibratorRecord:
         row.fit_end,
         row.created_at,
         row.activated_at,
+        row.replaced_id,
     )
 
 
@@ -155,28 +157,19 @@ def activate(
     conn.execute(
         update(calibrators)
         .where(calibrators.c.id == target.id)
-        .values(status="active", activated_at=now, reason=reason)
+        .values(status="active", activated_at=now, reason=reason, replaced_id=previous.id if previous else 0)
     )
     payload = {**(details or {}), "version": str(target.version), "method": target.method, "reason": reason}
     append_event(conn, EventKind.CALIBRATOR_PROMOTED, now, payload, target.model, target.segment, target.id)
     return previous
 
 
-def rollback(
-    conn: Connection, calibrator_id: int, now: float
-) -> tuple[CalibratorRecord, CalibratorRecord | None]:
-    """Retire the active ``calibrator_id``, re-activate the version that was active before it, and
-    record a ``calibrator_rolled_back`` event, all in the caller's transaction.
-
-    Returns (rolled back, restored); restored is None when there was no earlier active version, in
-    which case the series falls back to the model-wide calibrator, then to the identity.
-    """
-    current = get(conn, calibrator_id)
-    if current is None:
-        raise LookupError(f"no calibrator {calibrator_id}")
-    if current.status != "active":
-        raise ValueError(f"calibrator {calibrator_id} is {current.status}, not active")
-    earlier = conn.execute(
+def _replaced(conn: Connection, current: CalibratorRecord) -> CalibratorRecord | None:
+    """The version ``current`` replaced; for versions activated before migration 0005 (unknown),
+    the newest earlier version that was ever active."""
+    if current.replaced_id is not None:
+        return get(conn, current.replaced_id) if current.replaced_id else None
+    row = conn.execute(
         select(calibrators)
         .where(
             calibrators.c.model == current.model,
@@ -187,6 +180,25 @@ def rollback(
         .order_by(calibrators.c.version.desc())
         .limit(1)
     ).first()
+    return _record(row) if row is not None else None
+
+
+def rollback(
+    conn: Connection, calibrator_id: int, now: float
+) -> tuple[CalibratorRecord, CalibratorRecord | None]:
+    """Retire the active ``calibrator_id``, re-activate the version it replaced (what served before
+    it), and record a ``calibrator_rolled_back`` event, all in the caller's transaction.
+
+    Returns (rolled back, restored); restored is None when it replaced nothing, in which case the
+    series falls back to the model-wide calibrator, then to the identity. (v1, v2, rollback -> v1,
+    v3, rollback -> v1 again: v3 replaced v1, whatever v2 once was.)
+    """
+    current = get(conn, calibrator_id)
+    if current is None:
+        raise LookupError(f"no calibrator {calibrator_id}")
+    if current.status != "active":
+        raise ValueError(f"calibrator {calibrator_id} is {current.status}, not active")
+    earlier = _replaced(conn, current)
     conn.execute(update(calibrators).where(calibrators.c.id == current.id).values(status="retired"))
     restored = None
     if earlier is not None:

@@ -42,8 +42,15 @@ def create_store_engine(url: str, database: DatabaseConfig | None = None) -> Eng
             pool_pre_ping=True,
             pool_size=cfg.pool_size,
             max_overflow=cfg.max_overflow,
+            pool_timeout=cfg.pool_timeout_seconds,
             pool_recycle=1800,
-            connect_args={"connect_timeout": cfg.connect_timeout_seconds, "application_name": "calmon"},
+            connect_args={
+                "connect_timeout": cfg.connect_timeout_seconds,
+                "application_name": "calmon",
+                # A statement waiting on locks or a runaway query ends server-side; a *frozen*
+                # server is bounded by the API's request deadline instead (collector.api).
+                "options": f"-c statement_timeout={int(cfg.statement_timeout_seconds * 1000)}",
+            },
         )
     raise ValueError(f"unsupported database backend: {parsed.get_backend_name()}")
 
@@ -52,6 +59,7 @@ def _sqlite_engine(url: str, cfg: DatabaseConfig) -> Engine:
     engine = create_engine(
         url,
         pool_pre_ping=True,
+        pool_timeout=cfg.pool_timeout_seconds,
         connect_args={"timeout": cfg.sqlite_busy_timeout_ms / 1000.0, "check_same_thread": False},
     )
 

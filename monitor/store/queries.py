@@ -7,13 +7,14 @@ from typing import Any
 
 from sqlalchemy import Connection, case, func, select
 
-from monitor.store.schema import calibrators, feedback_conflicts, pending_feedback, predictions
+from monitor.store.schema import calibrators, feedback_conflicts, pending_feedback, predictions, sketch_bins
 
 __all__ = [
     "ModelCounts",
     "SegmentCounts",
     "active_calibrators",
     "model_counts",
+    "series_known",
 ]
 
 
@@ -95,3 +96,14 @@ def active_calibrators(conn: Connection, model: str) -> list[dict[str, Any]]:
         {"id": i, "segment": s, "version": str(v), "method": meth, "activated_at": at}
         for i, s, v, meth, at in conn.execute(query)
     ]
+
+
+def series_known(conn: Connection, model: str, segment: str | None = None) -> bool:
+    """Whether any prediction of the model (and segment) is stored, raw or already in the buckets."""
+    for table in (predictions, sketch_bins):
+        query = select(table.c.model).where(table.c.model == model)
+        if segment is not None:
+            query = query.where(table.c.segment == segment)
+        if conn.execute(query.limit(1)).first() is not None:
+            return True
+    return False

@@ -142,6 +142,8 @@ calibrators = Table(
     Column("reason", Text, nullable=False, server_default=""),
     Column("created_at", Float(precision=53), nullable=False),
     Column("activated_at", Float(precision=53)),
+    # The version that was active when this one was activated (0: none); NULL before migration 0005.
+    Column("replaced_id", BigId),
     UniqueConstraint("model", "segment", "version"),
     # Exactly one active calibrator per (model, segment): enforced by the database, not by hope.
     Index(

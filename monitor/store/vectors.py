@@ -9,10 +9,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 __all__ = [
+    "FLOAT32_MAX",
     "logits_of",
     "pack_vector",
     "unpack_vector",
 ]
+
+
+FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32: what a stored vector can hold
 
 
 def pack_vector(values: Sequence[float]) -> bytes:

@@ -23,7 +23,7 @@ BAD_PREDICTIONS: list[tuple[str, dict[str, Any], str, str]] = [
     ("no confidence form", {"model": "qa-bot", "id": "x"}, "confidence", "exactly one of"),
     ("two confidence forms", {**pred("x"), "probs": [0.5, 0.5]}, "probs", "exactly one of"),
     ("empty id", pred(""), "id", "at least 1 character"),
-    ("blank id", pred("   "), "id", "pattern"),
+    ("blank id", pred("   "), "id", "not blank, without control characters"),
     ("id not a string", {**pred("x"), "id": 7}, "id", "valid string"),
     ("missing model", {"id": "x", "confidence": 0.5}, "model", "field required"),
     ("unknown field", {**pred("x"), "confidense": 0.5}, "confidense", "unknown field"),

@@ -19,7 +19,7 @@ from monitor.calibration.metrics import expected_calibration_error
 from monitor.collector.api import create_app
 from monitor.collector.serving import RegistryScorer
 from monitor.config import Settings
-from monitor.recalibration.job import Outcome, load_report, recalibrate
+from monitor.recalibration.job import Outcome, UnknownSeries, load_report, recalibrate
 from monitor.recalibration.service import Recalibrator
 from monitor.store import calibrators as store
 from monitor.store.events import list_events
@@ -138,14 +138,29 @@ def test_a_worse_candidate_is_refused_with_reasons_and_the_active_stays(
 def test_sparse_segment_falls_back_to_model_wide_and_dry_run_writes_nothing(
     engine: Engine, labelled: Settings
 ) -> None:
+    with TestClient(create_app(labelled, engine, clock=lambda: NOW)) as client:
+        ingest(client, np.full(30, 0.9), np.ones(30, bool), 100_000, segment="rare")  # too few to fit alone
     dry = recalibrate(engine, labelled, "nb", segment="rare", dry_run=True, now=NOW)
     assert dry.outcome == "dry_run" and dry.segment == "*" and dry.report["fallback_from_segment"] == "rare"
     with engine.connect() as conn:
         assert store.list_all(conn) == [] and list_events(conn) == []
-    failed = recalibrate(engine, labelled, "unknown-model", now=NOW)
+
+
+def test_too_few_labels_is_a_failed_outcome_but_an_unknown_series_writes_nothing(
+    engine: Engine, make_settings: Callable[..., Settings]
+) -> None:
+    settings = make_settings()
+    with TestClient(create_app(settings, engine, clock=lambda: NOW)) as client:
+        ingest(client, np.full(50, 0.8), np.ones(50, bool), 0, model="young")
+    failed = recalibrate(engine, settings, "young", now=NOW)
     assert failed.outcome == "failed" and "fewer than recalibration.min_rows" in failed.reason
     with engine.connect() as conn:
-        assert list_events(conn, kind="recalibration_failed")[0]["model"] == "unknown-model"
+        assert list_events(conn, kind="recalibration_failed")[0]["model"] == "young"
+    for model, segment in (("unknown-model", "*"), ("young", "no-such-segment")):
+        with pytest.raises(UnknownSeries, match="no predictions stored"):
+            recalibrate(engine, settings, model, segment, now=NOW)
+    with engine.connect() as conn:
+        assert len(list_events(conn)) == 1  # only young's expected failure: a typo leaves no trace
 
 
 def test_recalibrate_route_and_report_route(engine: Engine, labelled: Settings) -> None:
@@ -175,7 +190,14 @@ def test_recalibrate_route_and_report_route(engine: Engine, labelled: Settings) 
         picture = client.get(f"/v1/calibrators/{body['calibrator_id']}/report", params={"format": "svg"})
         assert picture.headers["content-type"] == "image/svg+xml"
         assert picture.text.startswith("<svg") and picture.text.count("<circle") >= 4
-        assert client.post("/v1/models/empty/recalibrate").status_code == 422
+        missing = client.post("/v1/models/empty/recalibrate")
+        assert missing.status_code == 404 and missing.json()["field"] == "model"
+        typo = client.post("/v1/models/nb/recalibrate", params={"segment": "defualt"})
+        assert typo.status_code == 404 and typo.json()["field"] == "segment"
+        assert (
+            client.post("/v1/models/nb/recalibrate", headers={"content-type": "text/plain"}).status_code
+            == 415
+        )
     assert runs[0] == ("nb", "*", "manual", True)
 
 

@@ -38,6 +38,20 @@ def promote(
     return record
 
 
+def test_rollback_restores_what_served_before_not_the_newest_ever_active(engine: Engine) -> None:
+    v1 = promote(engine, "m", "*", SHRINK, now=1.0)
+    v2 = promote(engine, "m", "*", PlattScaling(a=0.8, b=0.1), now=2.0)
+    with engine.begin() as conn:
+        assert store.rollback(conn, v2.id, now=3.0)[1].id == v1.id  # type: ignore[union-attr]
+    v3 = promote(engine, "m", "*", PlattScaling(a=0.9, b=0.0), now=4.0)  # replaces v1
+    with engine.begin() as conn:
+        _, restored = store.rollback(conn, v3.id, now=5.0)
+        assert restored is not None and restored.id == v1.id  # v1 served before v3; v2 never came back
+        assert store.get(conn, v2.id).status == "retired"  # type: ignore[union-attr]
+        promoted = list_events(conn, kind="calibrator_promoted")  # activation writes its own event
+        assert [e["calibrator_id"] for e in promoted] == [v3.id, v2.id, v1.id]
+
+
 def test_versions_activation_and_rollback(engine: Engine) -> None:
     first = promote(engine, "m", "*", SHRINK)
     second = promote(engine, "m", "*", PlattScaling(a=0.8, b=0.1), now=2.0)

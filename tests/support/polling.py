@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-__all__ = ["eventually"]
+__all__ = ["eventually", "holds"]
 
 T = TypeVar("T")
 
@@ -38,4 +38,17 @@ def eventually(
         if time.monotonic() >= deadline:
             detail = f"; last error: {last_error!r}" if last_error is not None else ""
             raise AssertionError(f"timed out after {timeout} s waiting for {what}{detail}")
+        time.sleep(interval)
+
+
+def holds(check: Callable[[], None], duration: float, interval: float = 0.5) -> int:
+    """Run ``check`` (which asserts) again and again for ``duration`` seconds: how a test shows that
+    something stays true, e.g. no alert while Prometheus keeps evaluating. Returns the checks made."""
+    deadline = time.monotonic() + duration
+    made = 0
+    while True:
+        check()
+        made += 1
+        if time.monotonic() >= deadline:
+            return made
         time.sleep(interval)

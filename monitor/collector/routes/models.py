@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
 from starlette.responses import Response
 
-from monitor.collector.deps import ServicesDep, require
+from monitor.collector.deps import ROW_ID_MAX, ModelName, NameQuery, OptionalNameQuery, ServicesDep, require
 from monitor.collector.errors import JSONResponse
 from monitor.collector.schemas import ErrorResponse
 from monitor.vocabulary import MODEL_WIDE, Score
@@ -25,7 +27,7 @@ def list_models(services: ServicesDep) -> Response:
     responses={404: {"model": ErrorResponse}},
     summary="One model: counts, coverage, segments, active calibrators",
 )
-def get_model(model: str, services: ServicesDep) -> Response:
+def get_model(model: ModelName, services: ServicesDep) -> Response:
     return JSONResponse(services.model_detail(model))
 
 
@@ -35,11 +37,11 @@ def get_model(model: str, services: ServicesDep) -> Response:
     summary="The reliability table of one window of one model (from the latest evaluation)",
 )
 def get_reliability(
-    model: str,
+    model: ModelName,
     services: ServicesDep,
-    segment: str = MODEL_WIDE,
-    window: str | None = None,
-    score: str = Score.CALIBRATED.value,
+    segment: Annotated[str, NameQuery] = MODEL_WIDE,
+    window: Annotated[str | None, Query(max_length=16)] = None,
+    score: Annotated[str, Query(max_length=16)] = Score.CALIBRATED.value,
 ) -> Response:
     return JSONResponse(services.reliability(model, segment, window, score))
 
@@ -47,9 +49,9 @@ def get_reliability(
 @router.get("/v1/events", summary="The event log, newest first")
 def get_events(
     services: ServicesDep,
-    model: str | None = None,
-    kind: str | None = None,
-    limit: int = 100,
-    before_id: int | None = None,
+    model: OptionalNameQuery = None,
+    kind: OptionalNameQuery = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    before_id: Annotated[int | None, Query(ge=1, le=ROW_ID_MAX)] = None,
 ) -> Response:
     return JSONResponse({"events": services.events(model, kind, limit, before_id)})
