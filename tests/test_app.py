@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from monitor.store.engine import create_store_engine
 from monitor.store.schema import predictions
 from tests.support import pgcluster
 from tests.support.daemon import Daemon
-from tests.support.polling import eventually
+from tests.support.polling import eventually, holds
 from tests.support.services import missing_service
 
 
@@ -94,6 +96,72 @@ def test_database_outage_gives_503_then_recovers_without_restart(
         # the 503'd batch was not half-written: exactly the acknowledged 10 are there
         assert conn.execute(select(func.count()).select_from(predictions)).scalar_one() == 10
     engine.dispose()
+
+
+def test_a_frozen_database_gives_a_timely_503_recovers_and_loses_nothing(
+    own_cluster: pgcluster.PgCluster, tmp_path: Path
+) -> None:
+    config = tmp_path / "calmon.yaml"
+    config.write_text(  # the default timeouts; a small pool so a few stuck requests exhaust it
+        "evaluation: {interval_seconds: 1}\nshutdown_grace_seconds: 5\nlogging: {access_log: false}\n"
+        "database: {pool_size: 2, max_overflow: 1}\n"
+    )
+    daemon = Daemon(own_cluster.url(), config=config, log_path=tmp_path / "daemon.log")
+    acknowledged: set[str] = set()
+    try:
+        daemon.wait_healthy()
+        url = daemon.base_url
+
+        def ingest(batch: range, prefix: str) -> httpx.Response:
+            response = httpx.post(f"{url}/v1/predictions", json=body(batch, prefix), timeout=30)
+            if response.status_code == 200:
+                acknowledged.update(f"{prefix}{i}" for i in batch)
+            return response
+
+        assert ingest(range(20), "before").status_code == 200
+        own_cluster.freeze()
+        try:
+            for attempt in range(5):  # more than the pool holds: later ones wait for a connection
+                started = time.monotonic()
+                answer = ingest(range(attempt * 10, attempt * 10 + 10), "frozen")
+                assert answer.status_code == 503 and answer.headers["retry-after"] == "5", answer.text
+                assert time.monotonic() - started < 5.0
+            started = time.monotonic()
+            assert httpx.get(f"{url}/readyz", timeout=30).status_code == 503
+            assert time.monotonic() - started < 5.0
+            assert httpx.get(f"{url}/healthz").status_code == 200
+        finally:
+            own_cluster.thaw()
+        eventually(lambda: ingest(range(10), "after").status_code == 200, 30, 0.2, "ingest to recover")
+        assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200
+        assert daemon.process.poll() is None  # recovered by itself
+
+        own_cluster.freeze()  # now stop the daemon while its jobs are stuck on the frozen server
+        try:
+
+            def evaluations_stalled() -> bool:
+                before = daemon.evaluated_at()
+
+                def unchanged() -> None:
+                    assert daemon.evaluated_at() == before
+
+                return holds(unchanged, 2.0, 0.5) > 0  # no tick completes: one is stuck mid-evaluation
+
+            eventually(evaluations_stalled, 15, 0.1, "the evaluation to be stuck on the frozen server")
+            stopping = time.monotonic()
+            daemon.process.send_signal(signal.SIGTERM)
+            code = daemon.process.wait(30)
+            assert time.monotonic() - stopping < 5 + 5  # shutdown_grace_seconds and slack
+            assert code == 0
+        finally:
+            own_cluster.thaw()
+    finally:
+        daemon.stop()
+    engine = create_store_engine(own_cluster.url())
+    with engine.connect() as conn:
+        stored = {pid for (pid,) in conn.execute(select(predictions.c.prediction_id))}
+    engine.dispose()
+    assert acknowledged <= stored  # every acknowledged prediction is there (a 503'd one may be too)
 
 
 def test_acknowledged_batches_survive_a_kill_9(tmp_path: Path) -> None:

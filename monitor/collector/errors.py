@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.responses import JSONResponse as StarletteJSONResponse
 from starlette.responses import Response
 
 from monitor.collector.auth import AuthError
@@ -54,8 +55,9 @@ class ApiError(Exception):
         self.field = field
 
 
-class JSONResponse(Response):
-    media_type = "application/json"
+class JSONResponse(StarletteJSONResponse):
+    """orjson-rendered JSON; a subclass of Starlette's, so the OpenAPI document shows each route's
+    response model (a plain ``Response`` subclass is documented as a string)."""
 
     def render(self, content: Any) -> bytes:
         try:

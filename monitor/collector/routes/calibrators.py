@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends
 from starlette.responses import Response
@@ -17,7 +17,13 @@ from monitor.collector.deps import (
     require,
 )
 from monitor.collector.errors import JSONResponse, error, refuse_simple_requests
-from monitor.collector.schemas import ErrorResponse
+from monitor.collector.responses import (
+    CalibratorOut,
+    CalibratorsResponse,
+    RecalibrationResponse,
+    RollbackResponse,
+    errors,
+)
 from monitor.recalibration.job import UnknownSeries
 from monitor.recalibration.report import svg as reliability_svg
 from monitor.vocabulary import MODEL_WIDE, RecalibrationOutcome, Trigger
@@ -29,7 +35,13 @@ READ = [Depends(require("read"))]
 ADMIN = [Depends(require("admin")), Depends(refuse_simple_requests)]
 
 
-@router.get("/v1/calibrators", dependencies=READ, summary="Every calibrator version")
+@router.get(
+    "/v1/calibrators",
+    dependencies=READ,
+    response_model=CalibratorsResponse,
+    responses=errors(422),
+    summary="Every calibrator version",
+)
 def get_calibrators(services: ServicesDep, model: OptionalNameQuery = None) -> Response:
     return JSONResponse({"calibrators": services.calibrators(model)})
 
@@ -37,7 +49,8 @@ def get_calibrators(services: ServicesDep, model: OptionalNameQuery = None) -> R
 @router.get(
     "/v1/calibrators/{calibrator_id}",
     dependencies=READ,
-    responses={404: {"model": ErrorResponse}},
+    response_model=CalibratorOut,
+    responses=errors(404, 422),
     summary="One calibrator version",
 )
 def get_calibrator(calibrator_id: CalibratorId, services: ServicesDep) -> Response:
@@ -47,7 +60,8 @@ def get_calibrator(calibrator_id: CalibratorId, services: ServicesDep) -> Respon
 @router.post(
     "/v1/calibrators/{calibrator_id}/rollback",
     dependencies=ADMIN,
-    responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
+    response_model=RollbackResponse,
+    responses=errors(404, 409, 415, 422),
     summary="Retire an active calibrator and re-activate the version before it",
 )
 def post_rollback(calibrator_id: CalibratorId, services: ServicesDep) -> Response:
@@ -57,7 +71,8 @@ def post_rollback(calibrator_id: CalibratorId, services: ServicesDep) -> Respons
 @router.post(
     "/v1/models/{model}/recalibrate",
     dependencies=ADMIN,
-    responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+    response_model=RecalibrationResponse,
+    responses=errors(404, 415, 422),
     summary="Run a recalibration now (fit, gate, promote or refuse) and return its decision",
 )
 def post_recalibrate(
@@ -69,14 +84,24 @@ def post_recalibrate(
         outcome = ctx.recalibrator.run(model, segment, Trigger.MANUAL, dry_run)
     except UnknownSeries as exc:
         return error(404, str(exc), "model" if segment == MODEL_WIDE else "segment")
-    status = 422 if outcome.outcome == RecalibrationOutcome.FAILED else 200
-    return JSONResponse(outcome.as_dict(), status_code=status)
+    if outcome.outcome == RecalibrationOutcome.FAILED:  # an error body that also carries the outcome
+        return JSONResponse({"error": outcome.reason, "field": "model", **outcome.as_dict()}, status_code=422)
+    return JSONResponse(outcome.as_dict())
 
 
 @router.get(
     "/v1/calibrators/{calibrator_id}/report",
     dependencies=READ,
-    responses={404: {"model": ErrorResponse}},
+    response_model=dict[str, Any],
+    responses={
+        200: {
+            "content": {
+                "text/markdown": {"schema": {"type": "string"}},
+                "image/svg+xml": {"schema": {"type": "string"}},
+            }
+        },
+        **errors(404, 422),
+    },
     summary="The decision report of the recalibration that wrote this calibrator (JSON or Markdown)",
 )
 def get_report(

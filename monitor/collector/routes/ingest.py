@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from monitor.collector.deps import LimitsDep, ServicesDep, require
 from monitor.collector.errors import JSONResponse, read_body
-from monitor.collector.schemas import ErrorResponse, FeedbackResponse, PredictionResponse
+from monitor.collector.responses import CalibrateResponse, errors
+from monitor.collector.schemas import FeedbackResponse, PredictionResponse
 
 __all__ = ["router"]
 
 router = APIRouter(dependencies=[Depends(require("ingest"))])
-WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 413, 422, 503)
-}
+WRITE_ERRORS = errors(400, 413, 415, 422)
 
 
 @router.post(
@@ -44,7 +41,8 @@ async def post_feedback(request: Request, limits: LimitsDep, services: ServicesD
 
 @router.post(
     "/v1/calibrate",
-    responses={status: {"model": ErrorResponse} for status in (400, 413, 422)},
+    response_model=CalibrateResponse,
+    responses=WRITE_ERRORS,
     summary="Calibrate scores without logging them (for pipelines that log elsewhere)",
 )
 async def post_calibrate(request: Request, limits: LimitsDep, services: ServicesDep) -> Response:

@@ -9,7 +9,13 @@ from starlette.responses import Response
 
 from monitor.collector.deps import ROW_ID_MAX, ModelName, NameQuery, OptionalNameQuery, ServicesDep, require
 from monitor.collector.errors import JSONResponse
-from monitor.collector.schemas import ErrorResponse
+from monitor.collector.responses import (
+    EventsResponse,
+    ModelDetail,
+    ModelsResponse,
+    ReliabilityResponse,
+    errors,
+)
 from monitor.vocabulary import MODEL_WIDE, Score
 
 __all__ = ["router"]
@@ -17,14 +23,17 @@ __all__ = ["router"]
 router = APIRouter(dependencies=[Depends(require("read"))])
 
 
-@router.get("/v1/models", summary="Every model seen, with counts")
+@router.get(
+    "/v1/models", response_model=ModelsResponse, responses=errors(), summary="Every model seen, with counts"
+)
 def list_models(services: ServicesDep) -> Response:
     return JSONResponse({"models": services.list_models()})
 
 
 @router.get(
     "/v1/models/{model}",
-    responses={404: {"model": ErrorResponse}},
+    response_model=ModelDetail,
+    responses=errors(404, 422),
     summary="One model: counts, coverage, segments, active calibrators",
 )
 def get_model(model: ModelName, services: ServicesDep) -> Response:
@@ -33,7 +42,8 @@ def get_model(model: ModelName, services: ServicesDep) -> Response:
 
 @router.get(
     "/v1/models/{model}/reliability",
-    responses={404: {"model": ErrorResponse}},
+    response_model=ReliabilityResponse,
+    responses=errors(404, 422),
     summary="The reliability table of one window of one model (from the latest evaluation)",
 )
 def get_reliability(
@@ -46,7 +56,9 @@ def get_reliability(
     return JSONResponse(services.reliability(model, segment, window, score))
 
 
-@router.get("/v1/events", summary="The event log, newest first")
+@router.get(
+    "/v1/events", response_model=EventsResponse, responses=errors(422), summary="The event log, newest first"
+)
 def get_events(
     services: ServicesDep,
     model: OptionalNameQuery = None,

@@ -9,6 +9,8 @@ from starlette.responses import Response
 from monitor import __version__
 from monitor.collector.deps import AuthDep, ContextDep, EngineDep, SettingsDep
 from monitor.collector.errors import STORE_DOWN, JSONResponse, error
+from monitor.collector.responses import Health, Ready
+from monitor.collector.schemas import ErrorResponse
 from monitor.store.engine import ping
 from monitor.store.migrate import current_revision, head_revision
 
@@ -24,12 +26,17 @@ def prometheus_metrics(request: Request, ctx: ContextDep, settings: SettingsDep,
     return Response(ctx.render_metrics(), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/healthz", summary="The process is up")
+@router.get("/healthz", response_model=Health, summary="The process is up")
 def healthz() -> Response:
     return JSONResponse({"status": "ok", "version": __version__})
 
 
-@router.get("/readyz", summary="The database is reachable and migrated")
+@router.get(
+    "/readyz",
+    response_model=Ready,
+    responses={503: {"model": ErrorResponse}},
+    summary="The database is reachable and migrated",
+)
 def readyz(engine: EngineDep) -> Response:
     try:
         ping(engine)

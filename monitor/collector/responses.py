@@ -1,0 +1,195 @@
+"""Response shapes of the read and admin routes, for the OpenAPI document only.
+
+Routes answer with pre-built JSON (no validation on the hot path); these models say what that JSON
+is, so clients and fuzzers generated from ``/openapi.json`` see the truth. ``extra="allow"``: more
+fields may be added (DESIGN.md), none removed. The schemathesis fuzz checks every answer against them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from monitor.collector.schemas import ErrorResponse, Rejection
+
+__all__ = [
+    "CalibrateResponse",
+    "CalibratorOut",
+    "CalibratorsResponse",
+    "EventOut",
+    "EventsResponse",
+    "Health",
+    "ModelDetail",
+    "ModelSummary",
+    "ModelsResponse",
+    "Ready",
+    "RecalibrationResponse",
+    "ReliabilityResponse",
+    "RollbackResponse",
+    "errors",
+]
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class SegmentSummary(_Out):
+    segment: str
+    predictions: int
+    labelled: int
+    label_coverage: float
+    accuracy: float | None
+    mean_confidence_labelled: float | None
+    first_ts: float | None
+    last_ts: float | None
+
+
+class ModelSummary(_Out):
+    model: str
+    predictions: int
+    labelled: int
+    label_coverage: float
+    pending_feedback: int
+    feedback_conflicts: int
+    segments: list[SegmentSummary]
+
+
+class ModelsResponse(_Out):
+    models: list[ModelSummary]
+
+
+class WindowSummary(_Out):
+    model: str
+    segment: str
+    window: str
+    score: str
+    predictions: int
+    labelled: int
+    missing_labels: int
+    label_coverage: float
+    accuracy: float | None = None
+    mean_confidence: float | None = None
+    ece: float | None = None
+    ece_ci_lower: float | None = None
+    ece_ci_upper: float | None = None
+    mce: float | None = None
+    brier: float | None = None
+    debiased_ce: float | None = None
+    spiegelhalter_z: float | None = None
+    spiegelhalter_p: float | None = None
+    psi: float | None = None
+    js_distance: float | None = None
+    confidence_sum: float
+    calibrator_changed: bool
+
+
+class ActiveCalibrator(_Out):
+    id: int
+    segment: str
+    version: str
+    method: str
+    activated_at: float | None
+
+
+class ModelDetail(ModelSummary):
+    calibrators: list[ActiveCalibrator]
+    evaluated_at: float | None
+    windows: list[WindowSummary]
+
+
+class ReliabilityBin(_Out):
+    bin: int
+    lower: float
+    upper: float
+    count: int
+    mean_confidence: float | None
+    accuracy: float | None
+
+
+class ReliabilityResponse(WindowSummary):
+    evaluated_at: float
+    bins: list[ReliabilityBin]
+    histogram: list[float]
+
+
+class EventOut(_Out):
+    id: int
+    ts: float
+    kind: str
+    model: str | None
+    segment: str | None
+    calibrator_id: int | None
+    payload: dict[str, Any]
+
+
+class EventsResponse(_Out):
+    events: list[EventOut]
+
+
+class CalibratorOut(_Out):
+    id: int
+    model: str
+    segment: str
+    version: str
+    method: str
+    params: dict[str, Any]
+    status: str
+    reason: str
+    metrics: dict[str, Any]
+    fit_start: float | None
+    fit_end: float | None
+    created_at: float
+    activated_at: float | None
+    replaced_id: int | None
+
+
+class CalibratorsResponse(_Out):
+    calibrators: list[CalibratorOut]
+
+
+class RollbackResponse(_Out):
+    rolled_back: CalibratorOut
+    restored: CalibratorOut | None
+
+
+class RecalibrationResponse(_Out):
+    outcome: str
+    model: str
+    segment: str
+    reason: str
+    calibrator_id: int | None
+    report: dict[str, Any]
+
+
+class CalibrateResult(_Out):
+    index: int
+    raw_confidence: float
+    calibrated_confidence: float
+    calibrator_version: str
+
+
+class CalibrateResponse(_Out):
+    results: list[CalibrateResult]
+    rejected: list[Rejection]
+
+
+class Health(_Out):
+    status: str
+    version: str
+
+
+class Ready(_Out):
+    status: str
+    schema_revision: str | None
+
+
+# Every /v1 route can answer these: no or unknown token (401), a token without the scope (403),
+# a request deadline passed or the database down (503).
+COMMON = (401, 403, 503)
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` of a route: its own error codes plus the common ones, all ErrorResponse."""
+    return {code: {"model": ErrorResponse} for code in sorted({*codes, *COMMON})}
