@@ -256,6 +256,7 @@ class LimitsConfig(_Section):
 
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_batch_records: int = Field(10_000, ge=1)
+    max_models: int = Field(100, ge=1)  # models tracked; a new one beyond it is rejected (field model)
     max_vector_length: int = Field(4096, ge=2)
     max_id_length: int = Field(256, ge=1)
     max_label_length: int = Field(256, ge=1)

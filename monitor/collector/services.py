@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 
 from monitor.calibration.sequence import Aggregation
 from monitor.collector.errors import ApiError, count_rejections
+from monitor.collector.schemas import Rejection
 from monitor.collector.serving import RegistryScorer, Scorer
 from monitor.collector.validation import (
     BatchError,
@@ -31,11 +32,12 @@ from monitor.store import calibrators as calibrator_store
 from monitor.store.engine import READ_ONLY
 from monitor.store.events import list_events
 from monitor.store.ingest import apply_feedback, insert_predictions
+from monitor.store.models import known_models, register_models
 from monitor.store.queries import ModelCounts, active_calibrators, model_counts
 from monitor.store.records import PredictionRow
 from monitor.store.reports import load_report
 from monitor.telemetry import ServiceMetrics
-from monitor.vocabulary import EventKind, FeedbackOutcome, Score
+from monitor.vocabulary import OTHER_SEGMENT, EventKind, FeedbackOutcome, Score
 
 __all__ = ["Notify", "Services", "model_summary", "window_summary"]
 
@@ -99,6 +101,7 @@ class Services:
         self.snapshots = snapshots
         self.clock = clock
         self.notify = notify
+        self.known: set[str] = set()  # tracked models (the ``models`` table), refreshed on a miss
 
     def aggregation_for(self, model: str) -> Aggregation:
         return self.settings.model_config_for(model).token_aggregation
@@ -121,6 +124,34 @@ class Services:
                 versions[position] = version
         return [PredictionRow(*item[1:], calibrated[i], versions[i]) for i, item in enumerate(scored)]
 
+    def admit_models(self, scored: list[ScoredInput]) -> tuple[list[ScoredInput], list[Rejection], list[str]]:
+        """Records whose model is tracked or fits under ``limits.max_models`` (new ones in order of
+        appearance), a rejection for each other record, and the models to register.
+
+        The cap is checked against the ``models`` table; replicas admitting new models at the same
+        instant can exceed it by the few models they race on (documented).
+        """
+        new = list(dict.fromkeys(item.model for item in scored if item.model not in self.known))
+        if not new:
+            return scored, [], []
+        with self.engine.connect().execution_options(**READ_ONLY) as conn:
+            self.known = known_models(conn)
+        new = [model for model in new if model not in self.known]
+        cap = self.settings.limits.max_models
+        refused = set(new[max(0, cap - len(self.known)) :])
+        rejections = [
+            Rejection(
+                index=item.position,
+                id=item.prediction_id,
+                field="model",
+                error=f"calmon tracks limits.max_models = {cap} models; {item.model!r} would be one more",
+            )
+            for item in scored
+            if item.model in refused
+        ]
+        admitted = sorted(set(new) - refused)
+        return [item for item in scored if item.model not in refused], rejections, admitted
+
     def ingest_predictions(self, body: bytes) -> dict[str, Any]:
         items = parse_body(body, "predictions", self.settings.limits)
         now = self.clock()
@@ -128,11 +159,15 @@ class Services:
         scored, rejected = prepare_predictions(
             items, now, self.settings.limits, self.aggregation_for, horizon
         )
+        scored, refused, new_models = self.admit_models(scored)
+        rejected = sorted(rejected + refused, key=lambda r: r.index)
         if rejected and not scored:
             raise _all_rejected(rejected)
         rows = self.score(scored)
         with self.engine.begin() as conn:
+            register_models(conn, new_models, now)
             outcome = insert_predictions(conn, rows, now)
+        self.known.update(new_models)
         accepted = Counter(
             item.model for item, r in zip(scored, outcome.results, strict=True) if not r.duplicate
         )
@@ -167,8 +202,13 @@ class Services:
         per_series = Counter(
             (item.model, status) for (_, item), status in zip(prepared, outcome.statuses, strict=True)
         )
+        if any(item.model not in self.known for _, item in prepared):
+            with self.engine.connect().execution_options(**READ_ONLY) as conn:
+                self.known = known_models(conn)
         for (model, status), count in per_series.items():
-            self.metrics.feedback.labels(model, status).inc(count)
+            # A client may name any model in feedback (parked until its prediction comes): only
+            # tracked models become label values; the rest are counted under "other".
+            self.metrics.feedback.labels(model if model in self.known else OTHER_SEGMENT, status).inc(count)
         count_rejections(self.metrics, rejected)
         return {
             "matched": outcome.count(FeedbackOutcome.MATCHED),

@@ -41,6 +41,7 @@ __all__ = [
     "feedback_conflicts",
     "leases",
     "metadata",
+    "models",
     "needs_fold",
     "pending_feedback",
     "predictions",
@@ -95,6 +96,15 @@ predictions = Table(
         sqlite_where=text(UNAGGREGATED),
         postgresql_where=text(UNAGGREGATED),
     ),
+)
+
+# Every model calmon tracks, in the order it first saw them: ``limits.max_models`` is enforced
+# against this table at ingest, so client-chosen model names cannot grow series without bound.
+models = Table(
+    "models",
+    metadata,
+    Column("model", String(NAME_LENGTH), primary_key=True),
+    Column("created_at", Float(precision=53), nullable=False),
 )
 
 # Feedback that arrived before its prediction. Joined (and deleted) when the prediction lands.

@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
+from tests.conftest import MakeClient, MakeSettings
 from tests.helpers import counts, post_feedback, post_predictions, pred
 
 BIG = 2**63  # one past BIGINT
@@ -169,3 +170,28 @@ def test_docs_and_redoc_load_their_assets_from_calmon_itself(client: TestClient)
         for asset in assets:
             assert asset.startswith("/"), asset
             assert client.get(asset).status_code == 200, asset
+
+
+def test_models_beyond_the_cap_are_refused_naming_the_field_and_never_become_labels(
+    make_client: MakeClient, make_settings: MakeSettings, engine: Engine
+) -> None:
+    client = make_client(make_settings(limits={"max_models": 2}))
+    first = post_predictions(client, [pred("a1", model="m1"), pred("b1", model="m2")])
+    assert first.status_code == 200 and first.json()["accepted"] == 2
+    crowd = [pred(f"x{i}", model=f"hostile-{i}") for i in range(50)] + [pred("a2", model="m1")]
+    response = post_predictions(client, crowd)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["accepted"] == 1  # the tracked model still gets in
+    assert len(body["rejected"]) == 50 and {r["field"] for r in body["rejected"]} == {"model"}
+    assert "limits.max_models = 2" in body["rejected"][0]["error"]
+    # another replica (a new app on the same database) counts against the same table
+    other = make_client(make_settings(limits={"max_models": 2}))
+    assert post_predictions(other, [pred("z", model="m3")]).status_code == 422
+    assert post_predictions(other, [pred("b2", model="m2")]).json()["accepted"] == 1
+    # feedback may name any model (it is parked), but only tracked ones become label values
+    post_feedback(client, [{"model": f"ghost-{i}", "id": "p", "correct": True} for i in range(20)])
+    text = client.get("/metrics").text
+    labelled = {line.split('model="')[1].split('"')[0] for line in text.splitlines() if 'model="' in line}
+    assert labelled <= {"m1", "m2", "other"}
+    assert counts(engine)["predictions"] == 4
