@@ -68,6 +68,7 @@ class Daemon:
     metrics: ServiceMetrics
     holder: SnapshotHolder
     exposition: Exposition
+    binned: BinnedCounters
     scorer: RegistryScorer
     recalibrator: Recalibrator
     queue: RecalibrationQueue
@@ -89,8 +90,7 @@ def build(
     registry = CollectorRegistry()
     metrics = ServiceMetrics(registry)
     holder = SnapshotHolder()
-    caps = {m: c.max_segments for m, c in settings.models.items() if c.max_segments}
-    binned = BinnedCounters(settings.evaluation.ece_bins, caps, settings.evaluation.max_segments)
+    binned = BinnedCounters(settings.evaluation.ece_bins)
     exposition = Exposition(registry, holder, binned)
     scorer = RegistryScorer()
     scorer.refresh(engine, clock())  # serve the active calibrators from the first request on
@@ -136,7 +136,18 @@ def build(
         notify=notifier.notify,
     )
     return Daemon(
-        engine, app, scheduler, registry, metrics, holder, exposition, scorer, recalibrator, queue, notifier
+        engine,
+        app,
+        scheduler,
+        registry,
+        metrics,
+        holder,
+        exposition,
+        binned,
+        scorer,
+        recalibrator,
+        queue,
+        notifier,
     )
 
 

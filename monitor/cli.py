@@ -219,7 +219,13 @@ def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
 
     since = None if args.all else time.time() - settings.retention.raw_days * 86400
     with _migrated_engine(settings) as engine, engine.begin() as conn:
-        rows = rebuild(conn, settings.evaluation.bucket_seconds, settings.evaluation.fine_bins, since=since)
+        rows = rebuild(
+            conn,
+            settings.evaluation.bucket_seconds,
+            settings.evaluation.fine_bins,
+            since=since,
+            cap_of=settings.max_segments_for,
+        )
     where = "" if since is None else f" newer than {datetime.fromtimestamp(since, UTC):%Y-%m-%d %H:%M} UTC"
     print(f"rebuilt sketch buckets from {rows} prediction rows{where}")
     return 0

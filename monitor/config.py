@@ -335,6 +335,10 @@ class Settings(BaseSettings):
     def model_config_for(self, model: str) -> ModelConfig:
         return self.models.get(model) or ModelConfig()
 
+    def max_segments_for(self, model: str) -> int:
+        """Segments of ``model`` with a series of their own; later ones are folded into ``other``."""
+        return self.model_config_for(model).max_segments or self.evaluation.max_segments
+
     def drift_for(self, model: str, segment: str) -> DriftConfig:
         """Drift thresholds for one series: defaults, then the model's, then the segment's overrides."""
         values = self.drift.model_dump()

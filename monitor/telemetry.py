@@ -8,7 +8,6 @@ parts, read by ``exporter``; it imports nothing of calmon but the vocabulary and
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -17,7 +16,7 @@ from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from monitor.calibration.sketch import LABEL_SUMS
-from monitor.vocabulary import MODEL_WIDE, OTHER_SEGMENT, FeedbackOutcome, RecalibrationOutcome
+from monitor.vocabulary import MODEL_WIDE, FeedbackOutcome, RecalibrationOutcome
 
 __all__ = ["BinnedCounters", "ServiceMetrics"]
 
@@ -120,26 +119,14 @@ class BinnedCounters:
     """Per (model, segment, score, bin) running sums of labelled count, confidence and correct.
 
     Fed by the fold with the label moments it adds (coarsened to ``ece_bins``); exported as the
-    ``calmon_binned_*_total`` counters. Segments beyond a model's cap are counted as ``other`` so
-    label cardinality stays bounded.
+    ``calmon_binned_*_total`` counters. The fold has already capped the segments (``store.segments``,
+    the one capping rule), so the labels here are the evaluated series' labels.
     """
 
-    def __init__(self, ece_bins: int, max_segments: dict[str, int], default_cap: int):
+    def __init__(self, ece_bins: int):
         self.ece_bins = ece_bins
-        self._caps = max_segments
-        self._default_cap = default_cap
         self._lock = threading.Lock()
-        self._segments: dict[str, set[str]] = defaultdict(set)
         self._sums: dict[tuple[str, str, str], NDArray[np.float64]] = {}
-
-    def _segment(self, model: str, segment: str) -> str:
-        seen = self._segments[model]
-        if segment in seen:
-            return segment
-        if len(seen) < self._caps.get(model, self._default_cap):
-            seen.add(segment)
-            return segment
-        return OTHER_SEGMENT
 
     def add(self, deltas: Iterable[FoldedBucket]) -> None:
         with self._lock:
@@ -151,7 +138,7 @@ class BinnedCounters:
                 coarse = sums.reshape(len(LABEL_SUMS), self.ece_bins, fine // self.ece_bins).sum(axis=2)
                 if not coarse[0].any():
                     continue
-                key = (delta.model, self._segment(delta.model, delta.segment), str(delta.score))
+                key = (delta.model, delta.segment, str(delta.score))
                 if key in self._sums:
                     self._sums[key] += coarse
                 else:

@@ -47,7 +47,7 @@ def fixed_dataset(engine: Engine) -> BinnedCounters:
             )
         )
     truth = rng.random(300) < 0.7
-    binned = BinnedCounters(15, {}, 50)
+    binned = BinnedCounters(15)
     with engine.begin() as conn:
         insert_predictions(conn, rows, now=NOW)
         apply_feedback(

@@ -278,3 +278,25 @@ def test_retention_deletes_only_folded_raw_rows_and_keeps_buckets_longer(
     assert count(sketch_bins) < buckets_before  # the 90-day bucket passed sketch_days
     assert count(sketch_bins, sketch_bins.c.bucket_start > clock.now - 60 * day) == buckets_before - 2
     assert deleted == 249 + 1 + 1 + 2  # folded old rows (not old1), "ancient", the orphan, 2 bucket rows
+
+
+def test_one_segment_cap_for_windows_gauges_and_binned_counters(
+    engine: Engine, make_settings: MakeSettings
+) -> None:
+    clock = Clock()
+    daemon = build_daemon(engine, make_settings(evaluation={"max_segments": 2}), clock, "replica-cap")
+    records = [
+        {"model": "m", "id": f"{s}{i}", "segment": s, "confidence": 0.5 + i / 100, "ts": clock.now - 60}
+        for s in ("first", "second", "third", "fourth")
+        for i in range(30)
+    ]
+    with TestClient(daemon.app) as client:
+        assert post_predictions(client, records).json()["accepted"] == 120
+        post_feedback(client, [{"model": "m", "id": r["id"], "correct": True} for r in records])
+    daemon.scheduler.renew_lease()
+    snapshot = daemon.scheduler.evaluate_once()
+    assert {s.segment for s in snapshot.stats} == {"first", "second", "other", "*"}
+    binned = {key[1] for key, _ in daemon.binned.items()}
+    assert binned == {"first", "second", "other"}
+    other = snapshot.find("m", "other", "1h", "raw")
+    assert other is not None and other.predictions == 60  # third and fourth, together

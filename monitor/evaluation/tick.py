@@ -31,6 +31,7 @@ from monitor.store.aggregates import BucketDelta, aggregate_pending
 from monitor.store.coordination import save_snapshot
 from monitor.store.engine import READ_ONLY
 from monitor.store.events import append_event, calibrator_changes
+from monitor.store.segments import load_positions, registered_series
 from monitor.vocabulary import IDENTITY, MODEL_WIDE, EventKind, Trigger
 
 __all__ = ["SNAPSHOT", "EvaluationTick", "LeaseLost"]
@@ -95,7 +96,9 @@ class EvaluationTick:
         total = 0
         while True:
             with self.engine.begin() as conn:
-                run = aggregate_pending(conn, cfg.bucket_seconds, cfg.fine_bins, batch)
+                run = aggregate_pending(
+                    conn, cfg.bucket_seconds, cfg.fine_bins, batch, self.settings.max_segments_for
+                )
             if not run.rows:
                 return total
             for observe in self.observers:
@@ -110,12 +113,11 @@ class EvaluationTick:
             self.rolling.advance(conn, now)
             active = calibrator_store.all_active(conn)
             changes = calibrator_changes(conn)
+            positions = load_positions(conn)
             conn.rollback()
         periods = {w.name: self.rolling.periods(w.name) for w in self.windows}
-        caps = {m: c.max_segments for m, c in self.settings.models.items() if c.max_segments}
-        stats = evaluate_periods(
-            self.windows, periods, cfg.ece_bins, caps, cfg.max_segments, cfg.bootstrap_draws
-        )
+        series_of = registered_series(positions, self.settings.max_segments_for)
+        stats = evaluate_periods(self.windows, periods, cfg.ece_bins, series_of, cfg.bootstrap_draws)
         mark_calibrator_changes(stats, {w.name: w.seconds for w in self.windows}, changes, now)
         calibrators = [
             {"model": r.model, "segment": r.segment, "version": str(r.version), "method": r.method}

@@ -11,7 +11,7 @@ series has segment ``*``.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -20,6 +20,7 @@ from sqlalchemy import Connection
 from monitor.calibration.drift import js_distance, psi
 from monitor.calibration.sketch import CalibrationSketch, Moment
 from monitor.store.aggregates import SeriesKey, load_sketches
+from monitor.store.segments import CapOf, load_positions, registered_series
 from monitor.vocabulary import MODEL_WIDE, OTHER_SEGMENT
 
 __all__ = [
@@ -109,20 +110,12 @@ def window_stats(
 
 
 def cap_segments(
-    sketches: dict[SeriesKey, CalibrationSketch], max_segments: dict[str, int], default_cap: int
+    sketches: dict[SeriesKey, CalibrationSketch], series_of: Callable[[str, str], str] | None = None
 ) -> dict[SeriesKey, CalibrationSketch]:
-    """Keep each model's busiest segments (by predictions); merge the rest into ``other``; add ``*``."""
-    by_model: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for (model, segment, _), sketch in sketches.items():
-        by_model[model][segment] += sketch.predictions
-    keep: dict[str, set[str]] = {}
-    for model, sizes in by_model.items():
-        cap = max_segments.get(model, default_cap)
-        ranked = sorted(sizes, key=lambda s: (-sizes[s], s))
-        keep[model] = set(ranked[:cap]) if len(ranked) > cap else set(ranked)
+    """Merge each segment into its series (``store.segments``: its own or ``other``), add ``*``."""
     out: dict[SeriesKey, CalibrationSketch] = {}
     for (model, segment, score), sketch in sketches.items():
-        name = segment if segment in keep[model] else OTHER_SEGMENT
+        name = series_of(model, segment) if series_of is not None else segment
         for target in (name, MODEL_WIDE):
             key = (model, target, score)
             out[key] = (
@@ -137,17 +130,16 @@ def evaluate_periods(
     windows: list[WindowSpec],
     periods: dict[str, tuple[dict[SeriesKey, CalibrationSketch], dict[SeriesKey, CalibrationSketch]]],
     ece_bins: int,
-    max_segments: dict[str, int] | None = None,
-    default_cap: int = 50,
+    series_of: Callable[[str, str], str] | None = None,
     n_boot: int = 500,
 ) -> list[WindowStats]:
-    """WindowStats from (current, reference) sketches per window, e.g. from RollingWindows."""
+    """WindowStats from (current, reference) sketches per window, e.g. from RollingWindows. Both
+    periods map segments the same way, so a segment's data never moves between series over time."""
     results: list[WindowStats] = []
-    caps = max_segments or {}
     for spec in windows:
         current_raw, previous_raw = periods[spec.name]
-        current = cap_segments({k: v for k, v in current_raw.items() if v.predictions}, caps, default_cap)
-        previous = cap_segments({k: v for k, v in previous_raw.items() if v.predictions}, caps, default_cap)
+        current = cap_segments({k: v for k, v in current_raw.items() if v.predictions}, series_of)
+        previous = cap_segments({k: v for k, v in previous_raw.items() if v.predictions}, series_of)
         for key in sorted(current):
             results.append(window_stats(key, spec.name, current[key], previous.get(key), ece_bins, n_boot))
     return results
@@ -160,8 +152,7 @@ def evaluate(
     bucket_seconds: int,
     fine_bins: int,
     ece_bins: int,
-    max_segments: dict[str, int] | None = None,
-    default_cap: int = 50,
+    cap_of: CapOf | None = None,
     n_boot: int = 500,
 ) -> list[WindowStats]:
     """WindowStats for every series and window, summing the buckets in the database (no state)."""
@@ -172,7 +163,8 @@ def evaluate(
             load_sketches(conn, fine_bins, since=since),
             load_sketches(conn, fine_bins, since=since - spec.seconds, until=since),
         )
-    return evaluate_periods(windows, periods, ece_bins, max_segments, default_cap, n_boot)
+    series_of = registered_series(load_positions(conn), cap_of) if cap_of is not None else None
+    return evaluate_periods(windows, periods, ece_bins, series_of, n_boot)
 
 
 def mark_calibrator_changes(

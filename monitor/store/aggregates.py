@@ -19,6 +19,7 @@ from sqlalchemy import Connection, delete, func, select, update
 
 from monitor.calibration.sketch import CalibrationSketch, Moment, grouped_moments
 from monitor.store.schema import MOMENT_COLUMNS, needs_fold, predictions, sketch_bins
+from monitor.store.segments import CapOf, SegmentMap
 from monitor.vocabulary import Score
 
 __all__ = [
@@ -55,9 +56,13 @@ def bucket_of(ts: NDArray[np.float64], bucket_seconds: int) -> NDArray[np.float6
 
 
 def aggregate_pending(
-    conn: Connection, bucket_seconds: int, fine_bins: int, limit: int = 50_000
+    conn: Connection, bucket_seconds: int, fine_bins: int, limit: int = 50_000, cap_of: CapOf | None = None
 ) -> AggregationRun:
-    """Fold up to ``limit`` rows needing work into the buckets; how many, and the deltas applied."""
+    """Fold up to ``limit`` rows needing work into the buckets; how many, and the deltas applied.
+
+    With ``cap_of`` (segments allowed per model), segments beyond a model's cap are written into the
+    ``other`` series (``store.segments``); without it every segment keeps its own.
+    """
     query = (
         select(
             predictions.c.pk,
@@ -88,9 +93,11 @@ def aggregate_pending(
 
     groups: dict[tuple[str, str, float], int] = {}
     buckets = bucket_of(ts, bucket_seconds)
+    segment_map = SegmentMap.load(conn, {r.model for r in rows}, cap_of) if cap_of is not None else None
+    series = segment_map.series if segment_map is not None else _own_segment
     group = np.fromiter(
         (
-            groups.setdefault((r.model, r.segment, float(b)), len(groups))
+            groups.setdefault((r.model, series(r.model, r.segment), float(b)), len(groups))
             for r, b in zip(rows, buckets, strict=True)
         ),
         dtype=np.int64,
@@ -103,6 +110,8 @@ def aggregate_pending(
         for (model, segment, bucket), g in groups.items():
             deltas.append(BucketDelta(model, segment, score, bucket, moments[g]))
     _upsert(conn, deltas)
+    if segment_map is not None:
+        segment_map.save(conn)
 
     new_state = np.where(labelled, 2, 1)
     changed = [(int(s), int(k)) for s, k in zip(new_state, pk, strict=True)]
@@ -138,8 +147,17 @@ def _upsert(conn: Connection, deltas: Iterable[BucketDelta]) -> None:
     conn.exec_driver_sql(_UPSERT.format(marks=", ".join([mark] * (5 + len(MOMENT_COLUMNS)))), params)
 
 
+def _own_segment(model: str, segment: str) -> str:
+    return segment
+
+
 def rebuild(
-    conn: Connection, bucket_seconds: int, fine_bins: int, batch: int = 200_000, since: float | None = None
+    conn: Connection,
+    bucket_seconds: int,
+    fine_bins: int,
+    batch: int = 200_000,
+    since: float | None = None,
+    cap_of: CapOf | None = None,
 ) -> int:
     """Recompute buckets from raw rows (``calmon rebuild-aggregates``); rows folded.
 
@@ -155,7 +173,7 @@ def rebuild(
         conn.execute(delete(sketch_bins).where(sketch_bins.c.bucket_start >= start))
         conn.execute(update(predictions).where(predictions.c.ts >= start).values(agg_state=0))
     total = 0
-    while run := aggregate_pending(conn, bucket_seconds, fine_bins, batch).rows:
+    while run := aggregate_pending(conn, bucket_seconds, fine_bins, batch, cap_of).rows:
         total += run
     return total
 

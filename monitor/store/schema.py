@@ -45,6 +45,7 @@ __all__ = [
     "needs_fold",
     "pending_feedback",
     "predictions",
+    "segments",
     "sketch_bins",
     "snapshots",
 ]
@@ -105,6 +106,17 @@ models = Table(
     metadata,
     Column("model", String(NAME_LENGTH), primary_key=True),
     Column("created_at", Float(precision=53), nullable=False),
+)
+
+# The segments of each model in the order they were first folded: the first ``max_segments`` keep
+# their own series, later ones are folded into "other" (store/segments.py).
+segments = Table(
+    "segments",
+    metadata,
+    Column("model", String(NAME_LENGTH), nullable=False),
+    Column("segment", String(NAME_LENGTH), nullable=False),
+    Column("position", Integer, nullable=False),
+    PrimaryKeyConstraint("model", "segment"),
 )
 
 # Feedback that arrived before its prediction. Joined (and deleted) when the prediction lands.
