@@ -46,6 +46,11 @@ class SegmentSummary(_Out):
     last_ts: float | None
 
 
+class SegmentCap(_Out):
+    max_segments: int
+    segments_folded_into_other: int
+
+
 class ModelSummary(_Out):
     model: str
     predictions: int
@@ -54,6 +59,7 @@ class ModelSummary(_Out):
     pending_feedback: int
     feedback_conflicts: int
     segments: list[SegmentSummary]
+    segment_cap: SegmentCap
 
 
 class ModelsResponse(_Out):

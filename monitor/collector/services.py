@@ -33,9 +33,10 @@ from monitor.store.engine import READ_ONLY
 from monitor.store.events import list_events
 from monitor.store.ingest import apply_feedback, insert_predictions
 from monitor.store.models import known_models, register_models
-from monitor.store.queries import ModelCounts, active_calibrators, model_counts
+from monitor.store.queries import ModelCounts, SegmentCounts, active_calibrators, model_counts
 from monitor.store.records import PredictionRow
 from monitor.store.reports import load_report
+from monitor.store.segments import SegmentMap, load_positions
 from monitor.telemetry import ServiceMetrics
 from monitor.vocabulary import OTHER_SEGMENT, EventKind, FeedbackOutcome, Score
 
@@ -51,7 +52,39 @@ def window_summary(stats: WindowStats) -> dict[str, Any]:
     return data
 
 
-def model_summary(counts: ModelCounts) -> dict[str, Any]:
+def _merge_segments(
+    counts: ModelCounts, series_of: Callable[[str, str], str]
+) -> tuple[list[SegmentCounts], int]:
+    """The model's segments as its series (the segment cap: beyond it, one ``other`` row), and how many
+    segments were folded into ``other``. Keeps the answer bounded whatever segments clients sent."""
+    merged: dict[str, SegmentCounts] = {}
+    folded = 0
+    # oldest first: a segment not folded yet takes a free place as the fold would (by first prediction)
+    for s in sorted(counts.segments, key=lambda s: (s.first_ts is None, s.first_ts or 0.0, s.segment)):
+        name = series_of(counts.model, s.segment)
+        folded += name != s.segment
+        into = merged.get(name)
+        if into is None:
+            merged[name] = SegmentCounts(name, s.predictions, s.labelled, s.correct,
+                                         s.raw_confidence_sum_labelled, s.first_ts, s.last_ts)  # fmt: skip
+            continue
+        into.predictions += s.predictions
+        into.labelled += s.labelled
+        into.correct += s.correct
+        into.raw_confidence_sum_labelled += s.raw_confidence_sum_labelled
+        into.first_ts = (
+            min(t for t in (into.first_ts, s.first_ts) if t is not None) if s.first_ts else into.first_ts
+        )
+        into.last_ts = (
+            max(t for t in (into.last_ts, s.last_ts) if t is not None) if s.last_ts else into.last_ts
+        )
+    return sorted(merged.values(), key=lambda s: s.segment), folded
+
+
+def model_summary(
+    counts: ModelCounts, series_of: Callable[[str, str], str] | None = None, cap: int = 0
+) -> dict[str, Any]:
+    segments, folded = _merge_segments(counts, series_of) if series_of is not None else (counts.segments, 0)
     return {
         "model": counts.model,
         "predictions": counts.predictions,
@@ -72,8 +105,9 @@ def model_summary(counts: ModelCounts) -> dict[str, Any]:
                 "first_ts": s.first_ts,
                 "last_ts": s.last_ts,
             }
-            for s in counts.segments
+            for s in segments
         ],
+        "segment_cap": {"max_segments": cap, "segments_folded_into_other": folded},
     }
 
 
@@ -240,14 +274,18 @@ class Services:
     def list_models(self) -> list[dict[str, Any]]:
         with self.engine.connect().execution_options(**READ_ONLY) as conn:
             counts = model_counts(conn)
-        return [model_summary(c) for c in counts.values()]
+            # a preview of the fold's mapping (never saved): folded segments as folded, new ones as the
+            # fold will place them
+            series_of = SegmentMap(load_positions(conn), self.settings.max_segments_for).series
+        return [model_summary(c, series_of, self.settings.max_segments_for(c.model)) for c in counts.values()]
 
     def model_detail(self, model: str) -> dict[str, Any]:
         with self.engine.connect().execution_options(**READ_ONLY) as conn:
             counts = model_counts(conn, model).get(model)
             if counts is None:
                 raise ApiError(404, f"unknown model {model!r}", "model")
-            summary = model_summary(counts)
+            series_of = SegmentMap(load_positions(conn, [model]), self.settings.max_segments_for).series
+            summary = model_summary(counts, series_of, self.settings.max_segments_for(model))
             summary["calibrators"] = active_calibrators(conn, model)
         snapshot = self.snapshots.get()
         summary["evaluated_at"] = snapshot.created_at if snapshot else None

@@ -195,3 +195,17 @@ def test_models_beyond_the_cap_are_refused_naming_the_field_and_never_become_lab
     labelled = {line.split('model="')[1].split('"')[0] for line in text.splitlines() if 'model="' in line}
     assert labelled <= {"m1", "m2", "other"}
     assert counts(engine)["predictions"] == 4
+
+
+def test_outage_warnings_are_rate_limited_with_a_count_of_the_rest() -> None:
+    from monitor.collector.errors import Throttled
+
+    now = [0.0]
+    throttle = Throttled(interval=10.0, clock=lambda: now[0])
+    said = []
+    for second in range(0, 25):  # one failing request every 0.1 s for 25 s: 250 occurrences
+        for tenth in range(10):
+            now[0] = second + tenth / 10
+            if (suppressed := throttle.allow()) is not None:
+                said.append((now[0], suppressed))
+    assert said == [(0.0, 0), (10.0, 99), (20.0, 99)]  # three lines, each saying how many it folded in

@@ -3,6 +3,7 @@ and the drift-triggered loop (drift -> recalibration -> calibrated ECE below thr
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -147,13 +148,17 @@ def test_sparse_segment_falls_back_to_model_wide_and_dry_run_writes_nothing(
 
 
 def test_too_few_labels_is_a_failed_outcome_but_an_unknown_series_writes_nothing(
-    engine: Engine, make_settings: Callable[..., Settings]
+    engine: Engine, make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = make_settings()
     with TestClient(create_app(settings, engine, clock=lambda: NOW)) as client:
         ingest(client, np.full(50, 0.8), np.ones(50, bool), 0, model="young")
-    failed = recalibrate(engine, settings, "young", now=NOW)
+    with caplog.at_level(logging.INFO, logger="calmon.recalibration"):
+        failed = recalibrate(engine, settings, "young", now=NOW)
     assert failed.outcome == "failed" and "fewer than recalibration.min_rows" in failed.reason
+    # an expected outcome of a young series: one INFO line, no ERROR and no traceback
+    records = [r for r in caplog.records if r.name == "calmon.recalibration"]
+    assert [r.levelno for r in records] == [logging.INFO] and records[0].exc_info is None
     with engine.connect() as conn:
         assert list_events(conn, kind="recalibration_failed")[0]["model"] == "young"
     for model, segment in (("unknown-model", "*"), ("young", "no-such-segment")):
