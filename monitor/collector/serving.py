@@ -19,10 +19,10 @@ from monitor.calibration.calibrators import Calibrator, calibrate_rows
 from monitor.store import calibrators as registry
 from monitor.store.engine import READ_ONLY
 from monitor.store.vectors import logits_of
+from monitor.vocabulary import IDENTITY, MODEL_WIDE
 
 __all__ = [
     "IDENTITY_VERSION",
-    "MODEL_WIDE",
     "IdentityScorer",
     "RegistryScorer",
     "Scorer",
@@ -30,8 +30,7 @@ __all__ = [
 ]
 
 
-IDENTITY_VERSION = "identity"
-MODEL_WIDE = "*"
+IDENTITY_VERSION = IDENTITY  # the version reported for raw scores served unchanged
 
 
 Vectors = Sequence[tuple[str, bytes | None]]  # per record: (input kind, stored float32 vector)
