@@ -81,9 +81,11 @@ def build(
     clock: Callable[[], float] = time.time,
     instance_id: str | None = None,
     engine: Engine | None = None,
+    render_exposition: bool = True,
 ) -> Daemon:
     """The migrated engine, the API, the scheduler, the exporter and the notifier, sharing one
-    registry, one snapshot and one calibrator table. ``engine`` reuses an existing (migrated) one."""
+    registry, one snapshot and one calibrator table. ``engine`` reuses an existing (migrated) one;
+    ``render_exposition=False`` (``calmon replay``) skips rendering /metrics after each evaluation."""
     if engine is None:
         engine = create_store_engine(settings.url(), settings.database)
         upgrade(engine)
@@ -101,7 +103,7 @@ def build(
     instance = instance_id or settings.scheduler.instance_id or default_instance_id()
     lease = LeaderLease(engine, instance, settings.scheduler.lease_ttl_seconds, clock)
     queue = RecalibrationQueue(recalibrator, may_write=lease.still_held)
-    publisher = SnapshotPublisher(holder, metrics, exposition.refresh)
+    publisher = SnapshotPublisher(holder, metrics, exposition.refresh if render_exposition else lambda: None)
     tick = EvaluationTick(
         engine,
         settings,
@@ -111,6 +113,7 @@ def build(
         submit=queue.submit,
         notify=notifier.notify,
         clock=clock,
+        on_calibrator_change=lambda: scorer.refresh(engine, clock()),
     )
     scheduler = Scheduler(
         engine,

@@ -1,5 +1,5 @@
 """``calmon`` command line: serve, check-config, db, rebuild-aggregates, recalibrate, calibrators,
-dashboards.
+dashboards, alerts, replay.
 
 Every verb takes ``--config`` (before or after the verb, as daemons do) and, where it opens the
 database, ``--database-url``; each verb is one function chosen with ``set_defaults(func=...)``.
@@ -108,6 +108,18 @@ def _parser() -> argparse.ArgumentParser:
     rules.add_argument("--runbook-base", required=True, help="URL every runbook_url is moved under")
     rules.add_argument("--rules", default="alerts/calmon.rules.yml", help="the shipped rules file")
     rules.add_argument("--out", default="-", help="where to write them ('-': standard output)")
+    replay = verb(
+        "replay",
+        _replay,
+        "run a recorded history through the real pipeline on a simulated clock; write every decision",
+        database=False,
+    )
+    replay.add_argument("--input", required=True, help="history: .jsonl, .csv or .parquet, one record each")
+    replay.add_argument("--out", required=True, help="where to write the decisions (JSON)")
+    replay.add_argument("--report", help="also write a Markdown summary here")
+    replay.add_argument(
+        "--no-evaluations", action="store_true", help="leave the per-evaluation rows out of the JSON"
+    )
     db = verb("db", _db, "schema migrations")
     db.add_argument(
         "action", choices=["upgrade", "current"], help="apply the migrations, or show the revision"
@@ -290,6 +302,29 @@ def _alerts(args: argparse.Namespace, settings: Settings) -> int:
     else:
         Path(args.out).write_text(rendered)
         print(f"wrote {args.out}")
+    return 0
+
+
+def _replay(args: argparse.Namespace, settings: Settings) -> int:
+    import orjson
+
+    from monitor.replay import ReplayInputError, read_history, render_markdown, replay
+
+    try:
+        records = read_history(Path(args.input))
+    except (OSError, ReplayInputError) as exc:
+        print(f"calmon: replay: {exc}", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    decisions = replay(settings, records, evaluations=not args.no_evaluations)
+    Path(args.out).write_bytes(orjson.dumps(decisions, option=orjson.OPT_SERIALIZE_NUMPY))
+    if args.report:
+        Path(args.report).write_text(render_markdown(decisions))
+    print(
+        f"replayed {len(records)} records, {decisions['evaluations_run']} evaluations in "
+        f"{time.monotonic() - started:.1f} s: {len(decisions['events'])} events, "
+        f"{len(decisions['recalibrations'])} recalibrations -> {args.out}"
+    )
     return 0
 
 

@@ -91,13 +91,52 @@ class EvaluationConfig(_Section):
         return self
 
 
+DriftPolicyName = Literal["evidence", "ece_interval", "spiegelhalter", "fixed_window"]
+
+
+def _false_alarm_every(value: int | str) -> int | str:
+    if isinstance(value, str):
+        parse_duration(value)
+    elif value < 1:
+        raise ValueError("must be at least 1 evaluation")
+    return value
+
+
 class DriftConfig(_Section):
+    # evidence: the anytime-valid e-detector against ``tolerance`` (docs/architecture.md, "Drift
+    # decisions"); the others are the earlier fixed-sample rules, kept for comparison (``calmon
+    # replay``, benchmarks/drift.py): ECE interval above ece_threshold, Spiegelhalter's test, and a
+    # test of the tolerance once per disjoint window.
+    policy: DriftPolicyName = "evidence"
+    tolerance: float = Field(0.02, gt=0, lt=0.5)
+    # The guarantee: on a series exactly at the tolerance, the mean time to a false alarm is at
+    # least this — a count of evaluations, or a duration such as "520w" (over interval_seconds).
+    false_alarm_every: int | str = 100_000
+    baseline_start: float | None = None  # fixed label-free reference for confidence_shift
+    baseline_end: float | None = None
     min_labelled: int = Field(500, ge=1)
     ece_threshold: float = Field(0.05, gt=0, lt=1)
     psi_threshold: float = Field(0.25, gt=0)
     p_value_threshold: float = Field(0.001, gt=0, lt=1)
     consecutive: int = Field(2, ge=1)
     cooldown_seconds: float = Field(3600.0, ge=0)
+
+    @field_validator("false_alarm_every")
+    @classmethod
+    def _every(cls, value: int | str) -> int | str:
+        return _false_alarm_every(value)
+
+    @model_validator(mode="after")
+    def _baseline(self) -> DriftConfig:
+        if (self.baseline_start is None) != (self.baseline_end is None):
+            raise ValueError("baseline_start and baseline_end go together")
+        if (
+            self.baseline_start is not None
+            and self.baseline_end is not None
+            and self.baseline_end <= self.baseline_start
+        ):
+            raise ValueError("baseline_end must be after baseline_start")
+        return self
 
 
 class RecalibrationConfig(_Section):
@@ -138,6 +177,10 @@ class RecalibrationConfig(_Section):
 
 
 class ModelDriftOverride(_Section):
+    tolerance: float | None = Field(None, gt=0, lt=0.5)
+    false_alarm_every: int | str | None = None
+    baseline_start: float | None = None
+    baseline_end: float | None = None
     min_labelled: int | None = Field(None, ge=1)
     ece_threshold: float | None = Field(None, gt=0, lt=1)
     psi_threshold: float | None = Field(None, gt=0)

@@ -117,6 +117,38 @@ def state_families(snapshot: Snapshot | None) -> Iterator[Metric]:
     for entry in snapshot.drift if snapshot is not None else []:
         drift.add_metric([entry["model"], entry["segment"], entry["kind"]], 1.0 if entry["active"] else 0.0)
     yield drift
+    yield from evidence_families(snapshot)
+
+
+def evidence_families(snapshot: Snapshot | None) -> Iterator[Metric]:
+    """The drift detectors: evidence against its threshold (log10), the alarm, the change point."""
+    labels = ["model", "segment", "score"]
+    evidence = GaugeMetricFamily(
+        "calmon_drift_evidence_log10",
+        "log10 of the e-detector statistic against calibration error <= drift.tolerance "
+        "(score=paired: served score worse than raw); alarms at calmon_drift_evidence_threshold_log10",
+        labels=labels,
+    )
+    threshold = GaugeMetricFamily(
+        "calmon_drift_evidence_threshold_log10",
+        "log10 of the alarm threshold: the mean evaluations to a false alarm at the tolerance",
+        labels=labels,
+    )
+    alarm = GaugeMetricFamily("calmon_drift_alarm", "1 while the e-detector is in alarm", labels=labels)
+    change = GaugeMetricFamily(
+        "calmon_drift_change_point_timestamp_seconds",
+        "Estimated start of the drift (prediction time) while in alarm",
+        labels=labels,
+    )
+    for entry in snapshot.evidence if snapshot is not None else []:
+        values = [entry["model"], entry["segment"], entry["score"]]
+        if entry["log10_evidence"] is not None:
+            evidence.add_metric(values, float(entry["log10_evidence"]))
+        threshold.add_metric(values, float(entry["log10_threshold"]))
+        alarm.add_metric(values, 1.0 if entry["alarm"] else 0.0)
+        if entry["alarm"] and entry["change_point"] is not None:
+            change.add_metric(values, float(entry["change_point"]))
+    yield from (evidence, threshold, alarm, change)
 
 
 def binned_families(binned: BinnedCounters) -> Iterator[Metric]:

@@ -187,7 +187,7 @@ class Scheduler:
 
     def _leadership_changed(self, leader: bool) -> None:
         self.metrics.leader.set(1 if leader else 0)
-        self.tick.rolling.invalidate()  # whatever happened meanwhile, start from the database
+        self.tick.invalidate()  # whatever happened meanwhile, start from the database
         if self.queue is not None:
             self.queue.clear()
 

@@ -51,6 +51,7 @@ class EventKind(StrEnum):
     CALIBRATOR_REJECTED = "calibrator_rejected"
     RECALIBRATION_FAILED = "recalibration_failed"
     CALIBRATOR_ROLLED_BACK = "calibrator_rolled_back"
+    RECALIBRATION_WAITING = "recalibration_waiting"  # drift found, too few labels since it began
 
 
 class DriftKind(StrEnum):
@@ -72,6 +73,7 @@ class RecalibrationOutcome(StrEnum):
     PROMOTED = "promoted"
     REJECTED = "rejected"
     FAILED = "failed"
+    WAITING = "waiting"  # too few labels since the change point: an event, no fit, never counted
     DRY_RUN = "dry_run"  # decided and reported, nothing written; never counted
 
 

@@ -75,6 +75,32 @@ def test_golden_exposition(sqlite_url: str) -> None:
             NOW,
             stats,
             [{"model": "golden-model", "segment": "*", "version": "identity", "method": "identity"}],
+            evidence=[
+                {
+                    "model": "golden-model",
+                    "segment": "*",
+                    "score": "calibrated",
+                    "log10_evidence": 5.25,
+                    "log10_threshold": 5.0,
+                    "alarm": True,
+                    "alarm_since": NOW,
+                    "change_point": NOW - 1800,
+                    "labels": 250,
+                    "epoch": 0.0,
+                },
+                {
+                    "model": "golden-model",
+                    "segment": "*",
+                    "score": "raw",
+                    "log10_evidence": None,
+                    "log10_threshold": 5.0,
+                    "alarm": False,
+                    "alarm_since": None,
+                    "change_point": None,
+                    "labels": 0,
+                    "epoch": 0.0,
+                },
+            ],
         )
     )
     registry = CollectorRegistry()

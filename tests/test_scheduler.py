@@ -169,7 +169,14 @@ def test_queued_recalibrations_run_once_each_and_stop_when_the_lease_is_lost(
     held = [True]
 
     class Runner:
-        def run(self, model: str, segment: str = "*", trigger: str = "manual", dry_run: bool = False) -> Any:
+        def run(
+            self,
+            model: str,
+            segment: str = "*",
+            trigger: str = "manual",
+            dry_run: bool = False,
+            since: float | None = None,
+        ) -> Any:
             ran.append((model, segment, trigger))
             return None
 

@@ -24,6 +24,7 @@ class Snapshot:
     stats: list[WindowStats] = field(default_factory=list)
     calibrators: list[dict[str, Any]] = field(default_factory=list)
     drift: list[dict[str, Any]] = field(default_factory=list)  # {model, segment, kind, active}
+    evidence: list[dict[str, Any]] = field(default_factory=list)  # SeriesEvidence.as_dict()
 
     def for_model(self, model: str) -> list[WindowStats]:
         return [s for s in self.stats if s.model == model]
@@ -36,7 +37,7 @@ class Snapshot:
 
     def as_dict(self) -> dict[str, Any]:
         return {"created_at": self.created_at, "stats": [s.as_dict() for s in self.stats],
-                "calibrators": self.calibrators, "drift": self.drift}  # fmt: skip
+                "calibrators": self.calibrators, "drift": self.drift, "evidence": self.evidence}  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Snapshot:
@@ -45,6 +46,7 @@ class Snapshot:
             [WindowStats(**s) for s in data["stats"]],
             list(data.get("calibrators", [])),
             list(data.get("drift", [])),  # followers export the leader's drift flags too
+            list(data.get("evidence", [])),
         )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from sqlalchemy import Connection
@@ -70,7 +70,12 @@ class WindowStats:
     calibrator_changed: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Shallow: the reliability rows and the histogram are shared, not copied (read-only, and
+        # a deep ``asdict`` of every series was the larger part of publishing a snapshot).
+        return {name: getattr(self, name) for name in _FIELDS}
+
+
+_FIELDS = tuple(f.name for f in fields(WindowStats))
 
 
 def _finite(value: float) -> float | None:
@@ -132,14 +137,24 @@ def evaluate_periods(
     ece_bins: int,
     series_of: Callable[[str, str], str] | None = None,
     n_boot: int = 500,
+    reference: dict[SeriesKey, CalibrationSketch] | None = None,
 ) -> list[WindowStats]:
-    """WindowStats from (current, reference) sketches per window, e.g. from RollingWindows. Both
-    periods map segments the same way, so a segment's data never moves between series over time."""
+    """WindowStats from (current, previous) sketches per window, e.g. from RollingWindows. Both
+    periods map segments the same way, so a segment's data never moves between series over time.
+    With ``reference`` (``evaluation.reference``), shift is measured against it, not the previous
+    period."""
     results: list[WindowStats] = []
+    fixed = None
+    if reference is not None:
+        fixed = cap_segments({k: v for k, v in reference.items() if v.predictions}, series_of)
     for spec in windows:
         current_raw, previous_raw = periods[spec.name]
         current = cap_segments({k: v for k, v in current_raw.items() if v.predictions}, series_of)
-        previous = cap_segments({k: v for k, v in previous_raw.items() if v.predictions}, series_of)
+        previous = (
+            fixed
+            if fixed is not None
+            else cap_segments({k: v for k, v in previous_raw.items() if v.predictions}, series_of)
+        )
         for key in sorted(current):
             results.append(window_stats(key, spec.name, current[key], previous.get(key), ece_bins, n_boot))
     return results

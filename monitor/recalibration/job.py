@@ -68,6 +68,11 @@ class NotEnoughLabels(ValueError):
     """Too few labelled rows to fit: an expected outcome of a young or rarely labelled series."""
 
 
+class WaitForLabels(NotEnoughLabels):
+    """Drift began too recently: fewer than ``min_rows`` labels since the change point. Fitting on
+    older rows would mix the two regimes, so the run waits (an event) and drift asks again later."""
+
+
 class UnknownSeries(LookupError):
     """No prediction of this model (or segment) was ever stored: nothing to recalibrate, nothing to
     record. Raised before anything is written, so a typo never leaves an event or a counter."""
@@ -99,22 +104,27 @@ class _Fitted:
         return f"{self.chosen.method}: {self.decision.summary()}"
 
 
-def _rows(engine: Engine, model: str, segment: str, limit: int) -> LabelledRows:
+def _rows(engine: Engine, model: str, segment: str, limit: int, since: float | None) -> LabelledRows:
     with engine.connect().execution_options(**READ_ONLY) as conn:
-        rows = labelled_rows(conn, model, segment, limit)
+        rows = labelled_rows(conn, model, segment, limit, since)
         conn.rollback()
     return rows
 
 
 def _series_rows(
-    engine: Engine, cfg: RecalibrationConfig, model: str, segment: str
+    engine: Engine, cfg: RecalibrationConfig, model: str, segment: str, since: float | None
 ) -> tuple[str, str | None, LabelledRows]:
     """The segment's rows, or the model-wide ones when the segment has too few (segment, fell back from)."""
-    data = _rows(engine, model, segment, cfg.max_rows)
+    data = _rows(engine, model, segment, cfg.max_rows, since)
     fallback_from = None
     if data.size < cfg.min_rows and segment != MODEL_WIDE:
         fallback_from, segment = segment, MODEL_WIDE
-        data = _rows(engine, model, segment, cfg.max_rows)
+        data = _rows(engine, model, segment, cfg.max_rows, since)
+    if data.size < cfg.min_rows and since is not None:
+        raise WaitForLabels(
+            f"{data.size} labelled predictions since the change point {since:.0f}, fewer than "
+            f"recalibration.min_rows = {cfg.min_rows}: waiting rather than mixing regimes"
+        )
     if data.size < cfg.min_rows:
         raise NotEnoughLabels(
             f"{data.size} labelled predictions, fewer than recalibration.min_rows = {cfg.min_rows}"
@@ -168,10 +178,12 @@ def _serving(engine: Engine, model: str, segment: str) -> tuple[str, Calibrator]
     return f"{record.method} v{record.version} ({record.segment})", record.calibrator()
 
 
-def _fit_and_gate(engine: Engine, settings: Settings, model: str, segment: str) -> _Fitted:
+def _fit_and_gate(
+    engine: Engine, settings: Settings, model: str, segment: str, since: float | None
+) -> _Fitted:
     cfg = settings.recalibration
     n_bins = settings.evaluation.ece_bins
-    segment, fallback_from, data = _series_rows(engine, cfg, model, segment)
+    segment, fallback_from, data = _series_rows(engine, cfg, model, segment, since)
     fit, val = time_split_indices(data.ts, cfg.validation_fraction)
     split = Split(data.p[fit], data.y[fit], data.p[val], data.y[val])
     val_logits = [data.logits[i] for i in val]
@@ -194,6 +206,7 @@ def _fit_and_gate(engine: Engine, settings: Settings, model: str, segment: str) 
         seed=0,
         active_scores=before,
         candidate_scores=after,
+        ci_floor=settings.drift_for(model, segment).tolerance / 2,
     )
     fit_window = (float(data.ts[fit].min()), float(data.ts[fit].max()))
     return _Fitted(
@@ -268,17 +281,26 @@ def _write(engine: Engine, fitted: _Fitted, trigger: str, now: float, report: di
 
 
 def _run(
-    engine: Engine, settings: Settings, model: str, segment: str, trigger: str, dry_run: bool, now: float
+    engine: Engine,
+    settings: Settings,
+    model: str,
+    segment: str,
+    trigger: str,
+    dry_run: bool,
+    now: float,
+    since: float | None,
 ) -> Outcome:
-    fitted = _fit_and_gate(engine, settings, model, segment)
+    fitted = _fit_and_gate(engine, settings, model, segment, since)
     n_bins = settings.evaluation.ece_bins
     outcome = RecalibrationOutcome.PROMOTED if fitted.promote else RecalibrationOutcome.REJECTED
     if dry_run:
         report = _report(fitted, trigger, now, RecalibrationOutcome.DRY_RUN, n_bins)
+        report["data"]["since"] = since
         return Outcome(
             RecalibrationOutcome.DRY_RUN, fitted.model, fitted.segment, fitted.reason, None, report
         )
     report = _report(fitted, trigger, now, outcome, n_bins)
+    report["data"]["since"] = since  # a drift's change point: only rows predicted after it
     calibrator_id = _write(engine, fitted, trigger, now, report)
     log.info("recalibration finished", extra={"model": model, "segment": segment, "outcome": str(outcome)})
     return Outcome(outcome, fitted.model, fitted.segment, fitted.reason, calibrator_id, report)
@@ -292,9 +314,12 @@ def recalibrate(
     trigger: str = Trigger.MANUAL,
     dry_run: bool = False,
     now: float | None = None,
+    since: float | None = None,
 ) -> Outcome:
     """Fit, gate and promote or refuse, writing the decision; a failure is an outcome, never a raise,
-    except for a series that does not exist (``UnknownSeries``: nothing is written)."""
+    except for a series that does not exist (``UnknownSeries``: nothing is written).
+
+    ``since``: fit and validate only on rows predicted at or after it (a drift's change point)."""
     now = time.time() if now is None else now
     with engine.connect().execution_options(**READ_ONLY) as conn:
         known = series_known(conn, model, None if segment == MODEL_WIDE else segment)
@@ -303,7 +328,17 @@ def recalibrate(
         what = f"model {model!r}" if segment == MODEL_WIDE else f"segment {segment!r} of model {model!r}"
         raise UnknownSeries(f"no predictions stored for {what}")
     try:
-        return _run(engine, settings, model, segment, trigger, dry_run, now)
+        return _run(engine, settings, model, segment, trigger, dry_run, now, since)
+    except WaitForLabels as exc:
+        log.info(
+            "recalibration waits for labels", extra={"model": model, "segment": segment, "error": str(exc)}
+        )
+        if not dry_run:
+            payload = {"trigger": trigger, "since": since, "min_rows": settings.recalibration.min_rows,
+                       "reason": str(exc)}  # fmt: skip
+            with engine.begin() as conn:
+                append_event(conn, EventKind.RECALIBRATION_WAITING, now, payload, model, segment)
+        return Outcome(RecalibrationOutcome.WAITING, model, segment, str(exc))
     except Exception as exc:  # a failed run is an event and a counter, never a crash
         if isinstance(exc, NotEnoughLabels):
             log.info(

@@ -38,7 +38,12 @@ class RecalibrationTrigger(Protocol):
     """Runs one recalibration now and returns its decision (the API's and the queue's view)."""
 
     def run(
-        self, model: str, segment: str = MODEL_WIDE, trigger: str = Trigger.MANUAL, dry_run: bool = False
+        self,
+        model: str,
+        segment: str = MODEL_WIDE,
+        trigger: str = Trigger.MANUAL,
+        dry_run: bool = False,
+        since: float | None = None,
     ) -> Outcome: ...
 
 
@@ -62,10 +67,17 @@ class Recalibrator:
         self._clock = clock
 
     def run(
-        self, model: str, segment: str = MODEL_WIDE, trigger: str = Trigger.MANUAL, dry_run: bool = False
+        self,
+        model: str,
+        segment: str = MODEL_WIDE,
+        trigger: str = Trigger.MANUAL,
+        dry_run: bool = False,
+        since: float | None = None,
     ) -> Outcome:
-        outcome = recalibrate(self._engine, self._settings, model, segment, trigger, dry_run, self._clock())
-        if dry_run:
+        outcome = recalibrate(
+            self._engine, self._settings, model, segment, trigger, dry_run, self._clock(), since=since
+        )
+        if dry_run or outcome.outcome == RecalibrationOutcome.WAITING:
             return outcome
         self._metrics.recalibrations.labels(outcome.model, outcome.segment, str(outcome.outcome)).inc()
         if outcome.outcome == RecalibrationOutcome.PROMOTED:
@@ -82,14 +94,15 @@ class RecalibrationQueue:
         self._runner = runner
         self._may_write = may_write  # the lease, checked again before every run
         self._lock = threading.Lock()
-        self._waiting: dict[tuple[str, str], str] = {}  # (model, segment) -> trigger
+        # (model, segment) -> (trigger, fit only on rows predicted after this time)
+        self._waiting: dict[tuple[str, str], tuple[str, float | None]] = {}
 
-    def submit(self, model: str, segment: str, trigger: str) -> bool:
+    def submit(self, model: str, segment: str, trigger: str, since: float | None = None) -> bool:
         """Queue a run; False when the series is already waiting."""
         with self._lock:
             if (model, segment) in self._waiting:
                 return False
-            self._waiting[(model, segment)] = trigger
+            self._waiting[(model, segment)] = (trigger, since)
             return True
 
     def waiting(self) -> list[tuple[str, str]]:
@@ -108,7 +121,7 @@ class RecalibrationQueue:
             with self._lock:
                 if not self._waiting:
                     return done
-                (model, segment), trigger = next(iter(self._waiting.items()))
+                (model, segment), (trigger, since) = next(iter(self._waiting.items()))
             if not self._may_write():
                 log.warning(
                     "lease lost: queued recalibrations dropped", extra={"waiting": len(self._waiting)}
@@ -116,7 +129,7 @@ class RecalibrationQueue:
                 self.clear()
                 return done
             try:
-                done.append(self._runner.run(model, segment, trigger))
+                done.append(self._runner.run(model, segment, trigger, since=since))
             finally:
                 with self._lock:
                     self._waiting.pop((model, segment), None)

@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 from sqlalchemy import Connection, delete, func, select, update
 
 from monitor.calibration.sketch import CalibrationSketch, Moment, grouped_moments
+from monitor.store.evidence import append_pending, label_sum_rows
 from monitor.store.schema import MOMENT_COLUMNS, needs_fold, predictions, sketch_bins
 from monitor.store.segments import CapOf, SegmentMap
 from monitor.vocabulary import Score
@@ -28,6 +29,7 @@ __all__ = [
     "SeriesKey",
     "aggregate_pending",
     "bucket_of",
+    "first_buckets",
     "load_sketches",
     "rebuild",
 ]
@@ -56,12 +58,19 @@ def bucket_of(ts: NDArray[np.float64], bucket_seconds: int) -> NDArray[np.float6
 
 
 def aggregate_pending(
-    conn: Connection, bucket_seconds: int, fine_bins: int, limit: int = 50_000, cap_of: CapOf | None = None
+    conn: Connection,
+    bucket_seconds: int,
+    fine_bins: int,
+    limit: int = 50_000,
+    cap_of: CapOf | None = None,
+    evidence_bins: int | None = None,
 ) -> AggregationRun:
     """Fold up to ``limit`` rows needing work into the buckets; how many, and the deltas applied.
 
     With ``cap_of`` (segments allowed per model), segments beyond a model's cap are written into the
-    ``other`` series (``store.segments``); without it every segment keeps its own.
+    ``other`` series (``store.segments``); without it every segment keeps its own. With
+    ``evidence_bins``, the new labels' sums are also appended for the drift detectors
+    (``store.evidence``) — never on a rebuild, whose labels were bet on when first folded.
     """
     query = (
         select(
@@ -104,12 +113,18 @@ def aggregate_pending(
         count=len(rows),
     )
     deltas: list[BucketDelta] = []
+    confidences: dict[str, NDArray[np.float64]] = {}
     for score, column in ((Score.RAW, "raw_confidence"), (Score.CALIBRATED, "calibrated_confidence")):
-        p = np.fromiter((getattr(r, column) for r in rows), dtype=np.float64, count=len(rows))
+        p = confidences[score] = np.fromiter(
+            (getattr(r, column) for r in rows), dtype=np.float64, count=len(rows)
+        )
         moments = grouped_moments(group, len(groups), fine_bins, p, correct, new_prediction, new_label)
-        for (model, segment, bucket), g in groups.items():
-            deltas.append(BucketDelta(model, segment, score, bucket, moments[g]))
+        deltas.extend(BucketDelta(m, s, score, b, moments[g]) for (m, s, b), g in groups.items())
     _upsert(conn, deltas)
+    if evidence_bins is not None:
+        scores = {score: p[new_label] for score, p in confidences.items()}
+        rows_out = label_sum_rows(list(groups), group[new_label], evidence_bins, scores, correct[new_label])
+        append_pending(conn, rows_out)
     if segment_map is not None:
         segment_map.save(conn)
 
@@ -179,7 +194,12 @@ def rebuild(
 
 
 def load_sketches(
-    conn: Connection, fine_bins: int, since: float | None = None, until: float | None = None
+    conn: Connection,
+    fine_bins: int,
+    since: float | None = None,
+    until: float | None = None,
+    model: str | None = None,
+    score: str | None = None,
 ) -> dict[SeriesKey, CalibrationSketch]:
     """Sum the buckets with ``since <= bucket_start < until`` into one sketch per series."""
     query = select(
@@ -193,8 +213,18 @@ def load_sketches(
         query = query.where(sketch_bins.c.bucket_start >= since)
     if until is not None:
         query = query.where(sketch_bins.c.bucket_start < until)
+    if model is not None:
+        query = query.where(sketch_bins.c.model == model)
+    if score is not None:
+        query = query.where(sketch_bins.c.score == score)
     sketches: dict[SeriesKey, CalibrationSketch] = {}
     for model, segment, score, b, *values in conn.execute(query):
         sketch = sketches.setdefault((model, segment, score), CalibrationSketch(fine_bins))
         sketch.moments[:, b] = values
     return sketches
+
+
+def first_buckets(conn: Connection) -> dict[str, float]:
+    """Each model's earliest bucket still stored."""
+    query = select(sketch_bins.c.model, func.min(sketch_bins.c.bucket_start)).group_by(sketch_bins.c.model)
+    return {model: float(start) for model, start in conn.execute(query)}

@@ -184,7 +184,7 @@ def _replaced(conn: Connection, current: CalibratorRecord) -> CalibratorRecord |
 
 
 def rollback(
-    conn: Connection, calibrator_id: int, now: float
+    conn: Connection, calibrator_id: int, now: float, details: dict[str, Any] | None = None
 ) -> tuple[CalibratorRecord, CalibratorRecord | None]:
     """Retire the active ``calibrator_id``, re-activate the version it replaced (what served before
     it), and record a ``calibrator_rolled_back`` event, all in the caller's transaction.
@@ -213,6 +213,7 @@ def rollback(
     rolled = get(conn, current.id)
     assert rolled is not None
     payload = {"rolled_back": rolled.as_dict(), "restored": restored.as_dict() if restored else None}
+    payload.update(details or {})
     append_event(
         conn, EventKind.CALIBRATOR_ROLLED_BACK, now, payload, rolled.model, rolled.segment, rolled.id
     )

@@ -38,6 +38,8 @@ __all__ = [
     "calibrator_reports",
     "calibrators",
     "events",
+    "evidence",
+    "evidence_pending",
     "feedback_conflicts",
     "leases",
     "metadata",
@@ -235,6 +237,46 @@ calibrator_reports = Table(
     Column("created_at", Float(precision=53), nullable=False),
     Column("body_json", Text, nullable=False),
     Column("body_markdown", Text, nullable=False),
+)
+
+
+# Label sums folded since the drift detectors last consumed them (``store.evidence``): written by
+# the fold in its own transaction, deleted by the evaluation that bets on them in the transaction
+# that saves the detectors — every folded label is bet on exactly once. Append-only, so a fold and
+# an evaluation never update the same row. score: raw | calibrated (per confidence bin, n = labels,
+# d = Σ(p - y), q = Σ(p - y)²) or paired (bin 0; d = Σ Δ, q = Σ Δ² of the Brier difference
+# calibrated minus raw).
+evidence_pending = Table(
+    "evidence_pending",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("model", String(NAME_LENGTH), nullable=False),
+    Column("segment", String(NAME_LENGTH), nullable=False),
+    Column("score", String(16), nullable=False),
+    Column("bucket_start", Float(precision=53), nullable=False),
+    Column("bins", SmallInteger, nullable=False),
+    Column("bin", SmallInteger, nullable=False),
+    Column("n", Float(precision=53), nullable=False),
+    Column("d", Float(precision=53), nullable=False),
+    Column("q", Float(precision=53), nullable=False),
+)
+
+# The drift detectors' state per series and score, so a restart or a new leader continues them.
+# epoch: only labels of predictions made at or after it are bet on (the serving calibrator's start).
+evidence = Table(
+    "evidence",
+    metadata,
+    Column("model", String(NAME_LENGTH), nullable=False),
+    Column("segment", String(NAME_LENGTH), nullable=False),
+    Column("score", String(16), nullable=False),  # raw | calibrated | paired
+    Column("epoch", Float(precision=53), nullable=False),
+    Column("steps", BigInteger, nullable=False),
+    Column("labels", BigInteger, nullable=False),
+    Column("log_r", LargeBinary, nullable=False),  # float64 per component
+    Column("run_start", LargeBinary, nullable=False),
+    Column("alarm_since", Float(precision=53)),
+    Column("updated_at", Float(precision=53), nullable=False),
+    PrimaryKeyConstraint("model", "segment", "score"),
 )
 
 

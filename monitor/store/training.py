@@ -36,8 +36,11 @@ def _class_index(label: str | None, classes: int) -> int | None:
     return index if index < classes else None
 
 
-def labelled_rows(conn: Connection, model: str, segment: str, limit: int) -> LabelledRows:
-    """Up to ``limit`` newest labelled predictions of the series (``*``: every segment)."""
+def labelled_rows(
+    conn: Connection, model: str, segment: str, limit: int, since: float | None = None
+) -> LabelledRows:
+    """Up to ``limit`` newest labelled predictions of the series (``*``: every segment), only those
+    predicted at or after ``since`` when given."""
     query = (
         select(
             predictions.c.raw_confidence,
@@ -53,6 +56,8 @@ def labelled_rows(conn: Connection, model: str, segment: str, limit: int) -> Lab
     )
     if segment != MODEL_WIDE:
         query = query.where(predictions.c.segment == segment)
+    if since is not None:
+        query = query.where(predictions.c.ts >= since)
     rows = conn.execute(query).all()
     logits = [logits_of(r.input_kind, r.vector) for r in rows]
     return LabelledRows(

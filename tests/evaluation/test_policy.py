@@ -43,7 +43,9 @@ def stats(
 
 
 def policy(**drift: Any) -> DriftPolicy:
-    settings = load_settings(None, drift={"consecutive": 2, "cooldown_seconds": 100, **drift})
+    settings = load_settings(
+        None, drift={"policy": "ece_interval", "consecutive": 2, "cooldown_seconds": 100, **drift}
+    )
     return DriftPolicy(settings.drift_for)
 
 
@@ -65,6 +67,7 @@ def test_consecutive_and_cooldown() -> None:
         "threshold": 0.05,
         "labelled": 2000,
         "predictions": 2000,
+        "change_point": None,
     }
     assert judge.observe([stats()], now=50)[1] == []  # still active, in cooldown: no new event
     assert judge.observe([stats()], now=111)[1][0].kind == "calibration"  # cooldown over
@@ -85,12 +88,13 @@ def test_what_counts_as_drift() -> None:
         now=0,
     )
     kinds = {(e.segment, e.kind): e.actionable for e in events}
-    assert kinds == {
-        ("*", "raw_calibration"): False,
-        ("*", "confidence_shift"): True,
-        ("billing", "calibration_test"): True,
-    }
+    assert kinds == {("*", "raw_calibration"): False, ("*", "confidence_shift"): True}
     assert active[("qa", "*", "calibration")] is False
+    # Spiegelhalter's test is its own policy; the default (evidence) judges no window on calibration.
+    _, events = policy(consecutive=1, policy="spiegelhalter").observe([stats(p=1e-6, ci_lower=0.0)], now=0)
+    assert [(e.kind, e.actionable) for e in events] == [("calibration_test", True)]
+    _, events = policy(consecutive=1, policy="evidence").observe([stats(ci_lower=0.5, p=1e-9)], now=0)
+    assert events == []
 
 
 def test_model_and_segment_overrides() -> None:
@@ -112,7 +116,10 @@ def test_overconfident_model_raises_drift_events_and_gauge(
 ) -> None:
     clock = Clock()
     parts = build_daemon(
-        engine, make_settings(drift={"consecutive": 2, "min_labelled": 500}), clock, "replica-d"
+        engine,
+        make_settings(drift={"policy": "ece_interval", "consecutive": 2, "min_labelled": 500}),
+        clock,
+        "replica-d",
     )
     scheduler, exposition = parts.scheduler, parts.exposition
     rng = np.random.default_rng(1)
@@ -209,7 +216,7 @@ def test_a_promotion_stops_the_drift_events_until_the_window_rolls_over(
 ) -> None:
     clock = Clock()
     settings = make_settings(
-        drift={"consecutive": 1, "min_labelled": 500, "cooldown_seconds": 60},
+        drift={"policy": "ece_interval", "consecutive": 1, "min_labelled": 500, "cooldown_seconds": 60},
         evaluation={"windows": ["1h"], "interval_seconds": 60},
     )
     parts = build_daemon(engine, settings, clock, "replica-p")

@@ -210,7 +210,7 @@ def test_drift_triggers_recalibration_and_new_predictions_are_calibrated(
     engine: Engine, make_settings: Callable[..., Settings]
 ) -> None:
     clock = Clock(NOW)
-    settings = make_settings(drift={"consecutive": 2, "min_labelled": 500})
+    settings = make_settings(recalibration={"min_rows": 1000})
     daemon = build_daemon(engine, settings, clock, "replica-loop")
     scheduler, exposition = daemon.scheduler, daemon.exposition
     p_old, c_old = overconfident_stream(3000, seed=0)
@@ -218,14 +218,14 @@ def test_drift_triggers_recalibration_and_new_predictions_are_calibrated(
     with TestClient(daemon.app) as client:
         ingest(client, p_old, c_old, 0)  # the overconfident model, labels arriving
         scheduler.renew_lease()
-        scheduler.evaluate_once()
-        assert daemon.queue.waiting() == []  # one crossing is not drift yet
-        clock.now += 60
-        scheduler.renew_lease()
-        scheduler.evaluate_once()
+        scheduler.evaluate_once()  # 3000 labels this far off are evidence enough at once
         assert daemon.queue.waiting() == [("nb", "*")]  # queued by the tick, not run inside it
+        event = client.get("/v1/events", params={"kind": "drift_detected"}).json()["events"][0]
+        since = event["payload"]["change_point"]
+        assert NOW - 3000 <= since <= NOW  # within the traffic that carried the evidence
         outcomes = daemon.queue.drain()  # the recalibrate-queued job
         assert [(o.outcome, o.segment) for o in outcomes] == [("promoted", "*")]  # exactly one run
+        assert outcomes[0].report["data"]["fit_start"] >= since  # fitted after the change point only
         clock.now += 60
         scheduler.renew_lease()
         scheduler.evaluate_once()

@@ -1,0 +1,202 @@
+"""Anytime-valid evidence that calibration error exceeds a tolerance: an e-detector built by betting.
+
+The null hypothesis of one series is *the population L1 calibration error over the B confidence bins
+is at most the tolerance τ* — the quantity the ECE estimates: ``CE = Σ_b w_b |p̄_b - ȳ_b|``. For any
+sign pattern ``s ∈ {-1, 0, +1}^B`` and a label ``(p, y)`` falling in bin ``b``, the payoff
+``X = s_b (p - y) - τ`` has ``E[X] = Σ_b w_b s_b (p̄_b - ȳ_b) - τ <= CE - τ <= 0`` under the null, so a
+gambler who stakes a fixed fraction λ of her wealth on ``X`` cannot expect to win. The patterns cover
+the usual ways calibration fails: everything overconfident or underconfident, only the confidences
+above a level (over or under), only those below it, and over above a level with under below it.
+
+Betting on every label with the bound of Fan et al. (``log(1 + λx) >= λx - ψ(λ) x²`` for ``x >= -1``,
+``ψ(λ) = -log(1-λ) - λ``) on ``x = X / (1 + τ)`` makes the log wealth of one batch
+``λ Σx - ψ(λ) Σx²``: two sums per pattern, and both follow from three per-bin sums of the labels —
+count ``n_b``, ``D_b = Σ(p - y)`` and ``Q_b = Σ(p - y)²`` — which the sketch already folds. So the
+evidence of a batch does not depend on the order of its labels and batches merge by addition.
+
+The detector is a mixture over a fixed grid of components (λ, pattern) with fixed prior weights
+``w_k`` (half the mass on the two uniform patterns), each a Shiryaev-Roberts e-detector
+``R_n = e_n · (R_{n-1} + 1)`` (the sum over every possible start of the e-process started there);
+it alarms when the mixture ``Σ_k w_k R_k`` reaches the threshold ``A``. Under the null the mixture
+minus the step count is a supermartingale, so the mean number of steps before a false alarm is at
+least ``A`` (docs/architecture.md, "Drift decisions", gives the proof and the filtration). The
+change point estimate is where the strongest component's current run began: the last step at which
+its statistic was still below 1.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from monitor.calibration.sketch import Moment
+
+__all__ = [
+    "LAMBDAS",
+    "BetGrid",
+    "Detector",
+    "LabelSums",
+    "label_sums",
+    "log_increments",
+    "paired_log_increments",
+]
+
+FloatArray = NDArray[np.float64]
+# Betting fractions: a geometric grid from a cautious bet (drifts a few points past τ on noisy bins)
+# to a bold one (large drifts, or confident bins where (p - y) varies little).
+LAMBDAS: tuple[float, ...] = (0.1, 0.2, 0.4, 0.8)
+_CUTS = 4  # confidence levels at which the one-sided patterns switch
+# Prior mass of the two uniform patterns (all over-, all underconfident): the common way a model
+# drifts gets most of it, the one-sided shapes share the rest.
+UNIFORM_MASS = 0.5
+
+
+def _psi(lam: FloatArray) -> FloatArray:
+    return np.asarray(-np.log1p(-lam) - lam, dtype=np.float64)
+
+
+def sign_patterns(bins: int) -> NDArray[np.float64]:
+    """The bet shapes over ``bins`` bins, one per row, entries in {-1, 0, +1}."""
+    rows: list[list[float]] = [[1.0] * bins, [-1.0] * bins]
+    cuts = sorted({round(bins * k / (_CUTS + 1)) for k in range(1, _CUTS + 1)} - {0, bins})
+    for c in cuts:
+        upper = [0.0] * c + [1.0] * (bins - c)  # only the confidences above the level
+        split = [-1.0] * c + [1.0] * (bins - c)  # over above the level, under below it
+        for shape in (upper, split):
+            rows.append(shape)
+            rows.append([-v for v in shape])
+    return np.array(rows, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class BetGrid:
+    """The fixed mixture components: every betting fraction with every sign pattern."""
+
+    lambdas: FloatArray
+    patterns: FloatArray  # (P, B); the first two rows are the uniform ones
+
+    @classmethod
+    def for_bins(cls, bins: int) -> BetGrid:
+        return cls(np.array(LAMBDAS, dtype=np.float64), sign_patterns(bins))
+
+    @property
+    def log_weights(self) -> FloatArray:
+        """Log prior weight of each component (λ-major, like ``log_increments``); they sum to 1."""
+        shapes = self.patterns.shape[0]
+        per_shape = np.full(shapes, (1.0 - UNIFORM_MASS) / max(shapes - 2, 1))
+        per_shape[:2] = UNIFORM_MASS / 2 if shapes > 2 else 1.0 / shapes
+        weights = np.tile(per_shape, self.lambdas.size) / self.lambdas.size
+        return np.asarray(np.log(weights), dtype=np.float64)
+
+    @property
+    def size(self) -> int:
+        return int(self.lambdas.size * self.patterns.shape[0])
+
+    @property
+    def bins(self) -> int:
+        return int(self.patterns.shape[1])
+
+
+@dataclass(frozen=True)
+class LabelSums:
+    """Per-bin sums of a batch of labels: count, Σ(p - y), Σ(p - y)²."""
+
+    n: FloatArray
+    d: FloatArray
+    q: FloatArray
+
+    @property
+    def labels(self) -> int:
+        return round(float(self.n.sum()))
+
+    def __add__(self, other: LabelSums) -> LabelSums:
+        return LabelSums(self.n + other.n, self.d + other.d, self.q + other.q)
+
+    @classmethod
+    def zeros(cls, bins: int) -> LabelSums:
+        return cls(np.zeros(bins), np.zeros(bins), np.zeros(bins))
+
+
+def label_sums(moments: FloatArray, bins: int) -> LabelSums:
+    """The label sums of sketch moments (shape (len(MOMENTS), F)), coarsened to ``bins`` bins."""
+    fine = moments.shape[1]
+    if fine % bins:
+        raise ValueError(f"bins ({bins}) must divide the sketch's fine bins ({fine})")
+    coarse = moments.reshape(moments.shape[0], bins, fine // bins).sum(axis=2)
+    n, s1, s2 = coarse[Moment.N_L], coarse[Moment.S1], coarse[Moment.S2]
+    sy, syp = coarse[Moment.SY], coarse[Moment.SYP]
+    # y is 0 or 1: Σ(p - y)² = Σp² - 2Σyp + Σy.
+    return LabelSums(n.copy(), s1 - sy, np.maximum(s2 - 2.0 * syp + sy, 0.0))
+
+
+def log_increments(grid: BetGrid, sums: LabelSums, tolerance: float) -> FloatArray:
+    """Log e-value of one batch for every component, shape (len(lambdas) * patterns,)."""
+    total = float(sums.n.sum())
+    sd = grid.patterns @ sums.d
+    sq = np.abs(grid.patterns) @ sums.q
+    scale = 1.0 + tolerance
+    sx = (sd - total * tolerance) / scale
+    sxx = (sq - 2.0 * tolerance * sd + total * tolerance**2) / scale**2
+    lam = grid.lambdas[:, None]
+    return np.asarray((lam * sx[None, :] - _psi(lam) * sxx[None, :]).ravel(), dtype=np.float64)
+
+
+def paired_log_increments(
+    lambdas: FloatArray, n: float, sum_x: float, sum_xx: float, margin: float
+) -> FloatArray:
+    """Log e-values of a batch of paired differences ``Δ ∈ [-1, 1]`` against ``E[Δ] <= margin``."""
+    scale = 1.0 + margin
+    sx = (sum_x - n * margin) / scale
+    sxx = (sum_xx - 2.0 * margin * sum_x + n * margin**2) / scale**2
+    return np.asarray(lambdas * sx - _psi(lambdas) * sxx, dtype=np.float64)
+
+
+@dataclass
+class Detector:
+    """The mixture Shiryaev-Roberts state of one series: log R per component and where each run began."""
+
+    log_r: FloatArray
+    run_start: FloatArray
+    log_weights: FloatArray
+    steps: int = 0
+    labels: int = 0
+
+    @classmethod
+    def fresh(cls, log_weights: FloatArray) -> Detector:
+        size = log_weights.size
+        return cls(np.full(size, -np.inf), np.full(size, np.nan), log_weights)
+
+    def step(self, increments: FloatArray, at: float, labels: int = 0) -> None:
+        """One batch: ``R_k <- e_k (R_k + 1)``; a component whose statistic was below 1 starts a new run."""
+        if increments.shape != self.log_r.shape:
+            raise ValueError(f"{increments.size} increments for {self.log_r.size} components")
+        restart = ~(self.log_r > 0.0)
+        self.run_start = np.where(restart, at, self.run_start)
+        self.log_r = increments + np.logaddexp(0.0, self.log_r)
+        self.steps += 1
+        self.labels += labels
+
+    @property
+    def log_evidence(self) -> float:
+        """log of the mixture ``Σ_k w_k R_k`` (``-inf`` before the first batch)."""
+        weighted = self.log_r + self.log_weights
+        finite = weighted[np.isfinite(weighted)]
+        if not finite.size:
+            return -math.inf
+        top = float(finite.max())
+        return top + math.log(float(np.exp(finite - top).sum()))
+
+    def alarmed(self, threshold: float) -> bool:
+        return self.log_evidence >= math.log(threshold)
+
+    @property
+    def change_point(self) -> float | None:
+        """Start of the run of the component that carries the most evidence."""
+        weighted = self.log_r + self.log_weights
+        if not np.isfinite(weighted).any():
+            return None
+        value = float(self.run_start[int(np.argmax(weighted))])
+        return None if math.isnan(value) else value

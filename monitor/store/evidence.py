@@ -1,0 +1,183 @@
+"""The drift detectors' input and state: label sums waiting to be bet on, and each detector's state.
+
+The fold appends the label sums of what it folded (``append_pending``) in its own transaction; the
+evaluation reads everything pending up to an id (``load_pending``) and, in the transaction that
+saves the detectors (``save_states``), deletes exactly those rows (``consume``). A crash or a lost
+lease in between leaves the rows for the next evaluation: every label is bet on once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from sqlalchemy import Connection, delete, func, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from monitor.calibration import metrics
+from monitor.store.schema import evidence, evidence_pending
+
+__all__ = [
+    "PAIRED",
+    "PendingRow",
+    "StoredDetector",
+    "append_pending",
+    "consume",
+    "label_sum_rows",
+    "load_pending",
+    "load_states",
+    "save_states",
+]
+
+PAIRED = "paired"  # the Brier difference calibrated minus raw, one row per bucket
+GroupKey = tuple[str, str, float]  # (model, series segment, bucket_start)
+
+
+@dataclass(frozen=True)
+class PendingRow:
+    model: str
+    segment: str
+    score: str
+    bucket_start: float
+    bins: int
+    bin: int
+    n: float
+    d: float
+    q: float
+
+
+@dataclass(frozen=True)
+class StoredDetector:
+    model: str
+    segment: str
+    score: str
+    epoch: float
+    steps: int
+    labels: int
+    log_r: NDArray[np.float64]
+    run_start: NDArray[np.float64]
+    alarm_since: float | None
+    updated_at: float
+
+
+def label_sum_rows(
+    keys: list[GroupKey],
+    group: NDArray[np.int64],
+    bins: int,
+    scores: dict[str, NDArray[np.float64]],
+    y: NDArray[np.float64],
+) -> list[PendingRow]:
+    """Per group, score and occupied bin, the label sums; per group the paired Brier difference.
+
+    ``group``/``y`` and each score's confidences cover only the newly labelled rows."""
+    rows: list[PendingRow] = []
+    if not group.size:
+        return rows
+    size = len(keys) * bins
+    for score, p in scores.items():
+        cell = group * bins + metrics.bin_index(p, bins)
+        diff = p - y
+        n = np.bincount(cell, minlength=size)
+        d = np.bincount(cell, weights=diff, minlength=size)
+        q = np.bincount(cell, weights=diff * diff, minlength=size)
+        for c in np.flatnonzero(n).tolist():
+            model, segment, bucket = keys[c // bins]
+            rows.append(
+                PendingRow(
+                    model, segment, score, bucket, bins, c % bins, float(n[c]), float(d[c]), float(q[c])
+                )
+            )
+    if len(scores) == 2:
+        raw, calibrated = scores.values()
+        delta = (calibrated - y) ** 2 - (raw - y) ** 2
+        n = np.bincount(group, minlength=len(keys))
+        d = np.bincount(group, weights=delta, minlength=len(keys))
+        q = np.bincount(group, weights=delta * delta, minlength=len(keys))
+        for g in np.flatnonzero(n).tolist():
+            model, segment, bucket = keys[g]
+            rows.append(
+                PendingRow(model, segment, PAIRED, bucket, 1, 0, float(n[g]), float(d[g]), float(q[g]))
+            )
+    return rows
+
+
+def append_pending(conn: Connection, rows: Iterable[PendingRow]) -> None:
+    params = [
+        {
+            "model": r.model,
+            "segment": r.segment,
+            "score": r.score,
+            "bucket_start": r.bucket_start,
+            "bins": r.bins,
+            "bin": r.bin,
+            "n": r.n,
+            "d": r.d,
+            "q": r.q,
+        }
+        for r in rows
+    ]
+    if params:
+        conn.execute(insert(evidence_pending), params)
+
+
+def load_pending(conn: Connection) -> tuple[int | None, list[PendingRow]]:
+    """Every pending row, summed per (series, score, bucket, bin), and the highest id read."""
+    top = conn.execute(select(func.max(evidence_pending.c.id))).scalar()
+    if top is None:
+        return None, []
+    t = evidence_pending.c
+    key = (t.model, t.segment, t.score, t.bucket_start, t.bins, t.bin)
+    query = select(*key, func.sum(t.n), func.sum(t.d), func.sum(t.q)).where(t.id <= top).group_by(*key)
+    return int(top), [PendingRow(*row) for row in conn.execute(query)]
+
+
+def consume(conn: Connection, up_to: int) -> None:
+    conn.execute(delete(evidence_pending).where(evidence_pending.c.id <= up_to))
+
+
+def load_states(conn: Connection) -> list[StoredDetector]:
+    found: list[StoredDetector] = []
+    for r in conn.execute(select(evidence)):
+        found.append(
+            StoredDetector(
+                r.model,
+                r.segment,
+                r.score,
+                float(r.epoch),
+                int(r.steps),
+                int(r.labels),
+                np.frombuffer(r.log_r, dtype=np.float64).copy(),
+                np.frombuffer(r.run_start, dtype=np.float64).copy(),
+                None if r.alarm_since is None else float(r.alarm_since),
+                float(r.updated_at),
+            )
+        )
+    return found
+
+
+def save_states(conn: Connection, states: Iterable[StoredDetector]) -> None:
+    """Insert or replace the stored state of each given detector."""
+    rows = [
+        {
+            "model": s.model,
+            "segment": s.segment,
+            "score": s.score,
+            "epoch": s.epoch,
+            "steps": s.steps,
+            "labels": s.labels,
+            "log_r": np.ascontiguousarray(s.log_r, dtype=np.float64).tobytes(),
+            "run_start": np.ascontiguousarray(s.run_start, dtype=np.float64).tobytes(),
+            "alarm_since": s.alarm_since,
+            "updated_at": s.updated_at,
+        }
+        for s in states
+    ]
+    if not rows:
+        return
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(evidence)
+    kept = ("model", "segment", "score")
+    update = {c.name: statement.excluded[c.name] for c in evidence.columns if c.name not in kept}
+    conn.execute(statement.on_conflict_do_update(index_elements=list(kept), set_=update), rows)
