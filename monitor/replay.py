@@ -296,13 +296,16 @@ def _collect_events(daemon: Daemon, decisions: _Decisions) -> None:
         conn.rollback()
     for event in sorted(found, key=lambda e: e["id"]):
         decisions.last_event = max(decisions.last_event, event["id"])
+        payload = dict(event["payload"])
+        if "kind" in payload:  # a drift event's kind of drift
+            payload["drift_kind"] = payload.pop("kind")
         decisions.events.append(
             {
                 "at": event["ts"],
                 "kind": event["kind"],
                 "model": event["model"],
                 "segment": event["segment"],
-                **event["payload"],
+                **payload,
             }
         )
 

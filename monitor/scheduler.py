@@ -193,7 +193,10 @@ class Scheduler:
 
     # ------------------------------------------------------------------------------------ jobs
     def evaluate_once(self) -> Snapshot:
-        return self.tick.run()
+        snapshot = self.tick.run()
+        if self.queue is not None:
+            self.queue.retry_parked()  # drift that waited for labels since its change point
+        return snapshot
 
     def refresh_snapshot(self) -> None:
         if self.is_leader:

@@ -8,11 +8,12 @@ gambler who stakes a fixed fraction λ of her wealth on ``X`` cannot expect to w
 the usual ways calibration fails: everything overconfident or underconfident, only the confidences
 above a level (over or under), only those below it, and over above a level with under below it.
 
-Betting on every label with the bound of Fan et al. (``log(1 + λx) >= λx - ψ(λ) x²`` for ``x >= -1``,
-``ψ(λ) = -log(1-λ) - λ``) on ``x = X / (1 + τ)`` makes the log wealth of one batch
-``λ Σx - ψ(λ) Σx²``: two sums per pattern, and both follow from three per-bin sums of the labels —
-count ``n_b``, ``D_b = Σ(p - y)`` and ``Q_b = Σ(p - y)²`` — which the sketch already folds. So the
-evidence of a batch does not depend on the order of its labels and batches merge by addition.
+With ``x = X / (1 + τ)`` in ``[-1, 1)`` and a fraction ``λ < 1``, one label multiplies the wealth by
+``1 + λ x``; a pattern's log wealth over a batch is a sum over bins of per-bin sums
+``G_b(λ, s) = Σ log(1 + λ (s (p - y) - τ) / (1 + τ))`` for ``s = ±1`` (a bin the pattern skips costs
+``n_b log(1 - λ τ / (1 + τ))``). The fold computes these sums when it folds a label — before the
+label is ever bet on, with the tolerance of that moment — so the evidence of a batch does not
+depend on the order of its labels, and batches merge by addition, like the sketch's moments.
 
 The detector is a mixture over a fixed grid of components (λ, pattern) with fixed prior weights
 ``w_k`` (half the mass on the two uniform patterns), each a Shiryaev-Roberts e-detector
@@ -32,14 +33,12 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from monitor.calibration.sketch import Moment
-
 __all__ = [
     "LAMBDAS",
     "BetGrid",
     "Detector",
-    "LabelSums",
-    "label_sums",
+    "bet_sums",
+    "idle_costs",
     "log_increments",
     "paired_log_increments",
 ]
@@ -100,54 +99,46 @@ class BetGrid:
         return int(self.patterns.shape[1])
 
 
-@dataclass(frozen=True)
-class LabelSums:
-    """Per-bin sums of a batch of labels: count, Σ(p - y), Σ(p - y)²."""
-
-    n: FloatArray
-    d: FloatArray
-    q: FloatArray
-
-    @property
-    def labels(self) -> int:
-        return round(float(self.n.sum()))
-
-    def __add__(self, other: LabelSums) -> LabelSums:
-        return LabelSums(self.n + other.n, self.d + other.d, self.q + other.q)
-
-    @classmethod
-    def zeros(cls, bins: int) -> LabelSums:
-        return cls(np.zeros(bins), np.zeros(bins), np.zeros(bins))
+def bet_sums(
+    p: FloatArray, y: FloatArray, cell: NDArray[np.intp], cells: int, tolerance: float
+) -> FloatArray:
+    """Per cell (a series' bin), ``G(λ, s)`` for every λ and s = +1, -1: shape (cells, L, 2)."""
+    diff = (p - y)[:, None]
+    out = np.zeros((cells, len(LAMBDAS), 2))
+    for k, lam in enumerate(LAMBDAS):
+        for j, sign in enumerate((1.0, -1.0)):
+            gain = np.log1p(lam * (sign * diff[:, 0] - tolerance) / (1.0 + tolerance))
+            out[:, k, j] = np.bincount(cell, weights=gain, minlength=cells)
+    return out
 
 
-def label_sums(moments: FloatArray, bins: int) -> LabelSums:
-    """The label sums of sketch moments (shape (len(MOMENTS), F)), coarsened to ``bins`` bins."""
-    fine = moments.shape[1]
-    if fine % bins:
-        raise ValueError(f"bins ({bins}) must divide the sketch's fine bins ({fine})")
-    coarse = moments.reshape(moments.shape[0], bins, fine // bins).sum(axis=2)
-    n, s1, s2 = coarse[Moment.N_L], coarse[Moment.S1], coarse[Moment.S2]
-    sy, syp = coarse[Moment.SY], coarse[Moment.SYP]
-    # y is 0 or 1: Σ(p - y)² = Σp² - 2Σyp + Σy.
-    return LabelSums(n.copy(), s1 - sy, np.maximum(s2 - 2.0 * syp + sy, 0.0))
+def idle_costs(n: FloatArray, tolerance: float) -> FloatArray:
+    """What the labels of a bin cost a pattern that skips it: ``n_b log(1 - λτ/(1 + τ))``, (B, L)."""
+    lambdas = np.array(LAMBDAS, dtype=np.float64)
+    return np.asarray(np.outer(n, np.log1p(-lambdas * tolerance / (1.0 + tolerance))), dtype=np.float64)
 
 
-def log_increments(grid: BetGrid, sums: LabelSums, tolerance: float) -> FloatArray:
-    """Log e-value of one batch for every component, shape (len(lambdas) * patterns,)."""
-    total = float(sums.n.sum())
-    sd = grid.patterns @ sums.d
-    sq = np.abs(grid.patterns) @ sums.q
-    scale = 1.0 + tolerance
-    sx = (sd - total * tolerance) / scale
-    sxx = (sq - 2.0 * tolerance * sd + total * tolerance**2) / scale**2
-    lam = grid.lambdas[:, None]
-    return np.asarray((lam * sx[None, :] - _psi(lam) * sxx[None, :]).ravel(), dtype=np.float64)
+def log_increments(grid: BetGrid, g: FloatArray, idle: FloatArray) -> FloatArray:
+    """Log wealth of one batch for every component (λ-major), from per-bin bet sums ``g``
+    (B, L, 2) and per-bin ``idle_costs`` (B, L)."""
+    up = (grid.patterns > 0).astype(np.float64)  # (P, B)
+    down = (grid.patterns < 0).astype(np.float64)
+    skip = 1.0 - up - down
+    wealth = (
+        np.einsum("pb,bl->lp", up, g[:, :, 0])
+        + np.einsum("pb,bl->lp", down, g[:, :, 1])
+        + np.einsum("pb,bl->lp", skip, idle)
+    )
+    return np.asarray(wealth.ravel(), dtype=np.float64)
 
 
 def paired_log_increments(
     lambdas: FloatArray, n: float, sum_x: float, sum_xx: float, margin: float
 ) -> FloatArray:
-    """Log e-values of a batch of paired differences ``Δ ∈ [-1, 1]`` against ``E[Δ] <= margin``."""
+    """Log e-values of a batch of paired differences ``Δ ∈ [-1, 1]`` against ``E[Δ] <= margin``.
+
+    From ``Σx`` and ``Σx²`` only, through Fan et al.'s bound ``log(1 + λx) >= λx - ψ(λ) x²`` (x >= -1),
+    so its factor is at most the wealth's and stays an e-value."""
     scale = 1.0 + margin
     sx = (sum_x - n * margin) / scale
     sxx = (sum_xx - 2.0 * margin * sum_x + n * margin**2) / scale**2

@@ -28,7 +28,7 @@ from monitor.calibration.evidence import (
     LAMBDAS,
     BetGrid,
     Detector,
-    LabelSums,
+    idle_costs,
     log_increments,
     paired_log_increments,
 )
@@ -220,7 +220,7 @@ class EvidenceBook:
                 self.paired_lambdas, batch.n, batch.paired_d, batch.paired_q, tolerance**2
             )
         else:
-            increments = log_increments(self.grid, batch.sums, tolerance)
+            increments = log_increments(self.grid, batch.bets, batch.idle)
         state.detector.step(increments, batch.at, batch.labels)
 
     def _batches(self, rows: list[PendingRow], epoch_of: Callable[[str, str], float]) -> dict[Key, _Batch]:
@@ -236,7 +236,7 @@ class EvidenceBook:
                 key = (r.model, segment, r.score)
                 batch = batches.get(key)
                 if batch is None:
-                    batch = batches[key] = _Batch(LabelSums.zeros(bins))
+                    batch = batches[key] = _Batch(bins)
                 batch.add(r)
         return batches
 
@@ -249,11 +249,17 @@ class EvidenceBook:
 
 @dataclass
 class _Batch:
-    sums: LabelSums
+    bins: int
     n: float = 0.0
     weighted_time: float = 0.0
     paired_d: float = 0.0
     paired_q: float = 0.0
+    bets: np.ndarray = field(init=False)
+    idle: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.bets = np.zeros((self.bins, len(LAMBDAS), 2))
+        self.idle = np.zeros((self.bins, len(LAMBDAS)))
 
     def add(self, row: PendingRow) -> None:
         self.n += row.n
@@ -262,9 +268,8 @@ class _Batch:
             self.paired_d += row.d
             self.paired_q += row.q
         else:
-            self.sums.n[row.bin] += row.n
-            self.sums.d[row.bin] += row.d
-            self.sums.q[row.bin] += row.q
+            self.bets[row.bin] += row.g
+            self.idle[row.bin] += idle_costs(np.array([row.n]), row.tolerance)[0]
 
     @property
     def labels(self) -> int:

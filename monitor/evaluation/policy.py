@@ -182,7 +182,10 @@ class DriftPolicy:
             cfg = self._thresholds(model, segment)
             count = self._consecutive.get(key, 0) + 1 if key in found else 0
             self._consecutive[key] = count
-            needed = 1 if key in found and found[key][0].window == "evidence" else cfg.consecutive
+            # An evidence alarm is already a sequential decision, and a fixed-window test is one test
+            # per window: neither waits for consecutive crossings.
+            once = key in found and (found[key][0].window == "evidence" or cfg.policy == "fixed_window")
+            needed = 1 if once and kind != DriftKind.CONFIDENCE_SHIFT else cfg.consecutive
             active[key] = count >= needed
             last = self._last_event.get(key)
             if active[key] and (last is None or now - last >= cfg.cooldown_seconds):

@@ -88,6 +88,10 @@ class EvaluationTick:
         self.references = ReferenceSketches(cfg.fine_bins, self.windows[0].seconds, settings.drift_for)
         self._round = EvidenceRound(None)
 
+    def tolerance_of(self, model: str) -> float:
+        """The τ a model's labels are bet at (per model: the model-wide series holds every segment)."""
+        return self.settings.drift_for(model, MODEL_WIDE).tolerance
+
     def invalidate(self) -> None:
         """Start again from the database (leadership changed: another leader may have moved on)."""
         self.rolling.invalidate()
@@ -124,6 +128,7 @@ class EvaluationTick:
                     batch,
                     self.settings.max_segments_for,
                     evidence_bins=cfg.ece_bins,
+                    tolerance_of=self.tolerance_of,
                 )
             if not run.rows:
                 return total

@@ -32,7 +32,7 @@ from monitor.config import RecalibrationConfig, Settings
 from monitor.recalibration import report as reports
 from monitor.store import calibrators as registry
 from monitor.store.engine import READ_ONLY
-from monitor.store.events import append_event
+from monitor.store.events import append_event, latest_event
 from monitor.store.queries import series_known
 from monitor.store.reports import load_report as load_stored_report
 from monitor.store.reports import save_report
@@ -337,7 +337,10 @@ def recalibrate(
             payload = {"trigger": trigger, "since": since, "min_rows": settings.recalibration.min_rows,
                        "reason": str(exc)}  # fmt: skip
             with engine.begin() as conn:
-                append_event(conn, EventKind.RECALIBRATION_WAITING, now, payload, model, segment)
+                last = latest_event(conn, model, segment)
+                said = last is not None and last["kind"] == EventKind.RECALIBRATION_WAITING
+                if not (said and last is not None and last["payload"].get("since") == since):
+                    append_event(conn, EventKind.RECALIBRATION_WAITING, now, payload, model, segment)
         return Outcome(RecalibrationOutcome.WAITING, model, segment, str(exc))
     except Exception as exc:  # a failed run is an event and a counter, never a crash
         if isinstance(exc, NotEnoughLabels):

@@ -96,6 +96,8 @@ class RecalibrationQueue:
         self._lock = threading.Lock()
         # (model, segment) -> (trigger, fit only on rows predicted after this time)
         self._waiting: dict[tuple[str, str], tuple[str, float | None]] = {}
+        # Runs that waited for labels after a change point: asked again at every evaluation.
+        self._parked: dict[tuple[str, str], tuple[str, float | None]] = {}
 
     def submit(self, model: str, segment: str, trigger: str, since: float | None = None) -> bool:
         """Queue a run; False when the series is already waiting."""
@@ -113,6 +115,15 @@ class RecalibrationQueue:
         """Forget what is queued (this replica lost the lease: the new leader judges afresh)."""
         with self._lock:
             self._waiting.clear()
+            self._parked.clear()
+
+    def retry_parked(self) -> int:
+        """Queue again the runs that waited for labels since their change point (each evaluation)."""
+        with self._lock:
+            parked, self._parked = self._parked, {}
+            for key, value in parked.items():
+                self._waiting.setdefault(key, value)
+            return len(parked)
 
     def drain(self) -> list[Outcome]:
         """Run every waiting series, one at a time, while this replica may write."""
@@ -128,8 +139,12 @@ class RecalibrationQueue:
                 )
                 self.clear()
                 return done
+            outcome = None
             try:
-                done.append(self._runner.run(model, segment, trigger, since=since))
+                outcome = self._runner.run(model, segment, trigger, since=since)
+                done.append(outcome)
             finally:
                 with self._lock:
                     self._waiting.pop((model, segment), None)
+                    if outcome is not None and outcome.outcome == RecalibrationOutcome.WAITING:
+                        self._parked[(model, segment)] = (trigger, since)

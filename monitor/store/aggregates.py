@@ -10,7 +10,7 @@ same row and a feedback transaction labelling a row waits for the run that holds
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,13 +64,15 @@ def aggregate_pending(
     limit: int = 50_000,
     cap_of: CapOf | None = None,
     evidence_bins: int | None = None,
+    tolerance_of: Callable[[str], float] = lambda model: 0.02,
 ) -> AggregationRun:
     """Fold up to ``limit`` rows needing work into the buckets; how many, and the deltas applied.
 
     With ``cap_of`` (segments allowed per model), segments beyond a model's cap are written into the
     ``other`` series (``store.segments``); without it every segment keeps its own. With
-    ``evidence_bins``, the new labels' sums are also appended for the drift detectors
-    (``store.evidence``) — never on a rebuild, whose labels were bet on when first folded.
+    ``evidence_bins``, the new labels' sums and bets (at ``tolerance_of(model)``) are also appended
+    for the drift detectors (``store.evidence``) — never on a rebuild, whose labels were bet on when
+    first folded.
     """
     query = (
         select(
@@ -123,7 +125,9 @@ def aggregate_pending(
     _upsert(conn, deltas)
     if evidence_bins is not None:
         scores = {score: p[new_label] for score, p in confidences.items()}
-        rows_out = label_sum_rows(list(groups), group[new_label], evidence_bins, scores, correct[new_label])
+        rows_out = label_sum_rows(
+            list(groups), group[new_label], evidence_bins, scores, correct[new_label], tolerance_of
+        )
         append_pending(conn, rows_out)
     if segment_map is not None:
         segment_map.save(conn)

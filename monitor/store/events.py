@@ -10,7 +10,7 @@ from sqlalchemy import Connection, func, insert, select
 from monitor.store.schema import events
 from monitor.vocabulary import EventKind
 
-__all__ = ["CALIBRATOR_CHANGES", "append_event", "calibrator_changes", "list_events"]
+__all__ = ["CALIBRATOR_CHANGES", "append_event", "calibrator_changes", "latest_event", "list_events"]
 
 
 def append_event(
@@ -64,6 +64,18 @@ def list_events(
         }
         for r in conn.execute(query)
     ]
+
+
+def latest_event(conn: Connection, model: str, segment: str) -> dict[str, Any] | None:
+    """The newest event of one series (kind and payload), or None."""
+    query = (
+        select(events.c.kind, events.c.payload)
+        .where(events.c.model == model, events.c.segment == segment)
+        .order_by(events.c.id.desc())
+        .limit(1)
+    )
+    row = conn.execute(query).first()
+    return None if row is None else {"kind": row.kind, "payload": orjson.loads(row.payload)}
 
 
 CALIBRATOR_CHANGES = (EventKind.CALIBRATOR_PROMOTED, EventKind.CALIBRATOR_ROLLED_BACK)

@@ -8,7 +8,7 @@ lease in between leaves the rows for the next evaluation: every label is bet on 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +17,7 @@ from sqlalchemy import Connection, delete, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from monitor.calibration import metrics
+from monitor.calibration.evidence import LAMBDAS, bet_sums
 from monitor.store.schema import evidence, evidence_pending
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
 ]
 
 PAIRED = "paired"  # the Brier difference calibrated minus raw, one row per bucket
+_NO_BETS = np.zeros((0, 2))
 GroupKey = tuple[str, str, float]  # (model, series segment, bucket_start)
 
 
@@ -46,6 +48,8 @@ class PendingRow:
     n: float
     d: float
     q: float
+    tolerance: float
+    g: NDArray[np.float64]  # (L, 2) bet sums; empty for the paired rows
 
 
 @dataclass(frozen=True)
@@ -68,38 +72,39 @@ def label_sum_rows(
     bins: int,
     scores: dict[str, NDArray[np.float64]],
     y: NDArray[np.float64],
+    tolerance_of: Callable[[str], float],
 ) -> list[PendingRow]:
-    """Per group, score and occupied bin, the label sums; per group the paired Brier difference.
-
-    ``group``/``y`` and each score's confidences cover only the newly labelled rows."""
+    """Per group, score and occupied bin, the label sums and bet sums; per group the paired Brier
+    difference. ``group``/``y`` and each score's confidences cover only the newly labelled rows."""
     rows: list[PendingRow] = []
     if not group.size:
         return rows
     size = len(keys) * bins
+    tolerance = np.array([tolerance_of(model) for model, _, _ in keys])
     for score, p in scores.items():
         cell = group * bins + metrics.bin_index(p, bins)
         diff = p - y
         n = np.bincount(cell, minlength=size)
         d = np.bincount(cell, weights=diff, minlength=size)
         q = np.bincount(cell, weights=diff * diff, minlength=size)
+        g = np.zeros((size, len(LAMBDAS), 2))
+        for tau in np.unique(tolerance).tolist():
+            mine = tolerance[group] == tau
+            g += bet_sums(p[mine], y[mine], cell[mine], size, tau)
         for c in np.flatnonzero(n).tolist():
             model, segment, bucket = keys[c // bins]
-            rows.append(
-                PendingRow(
-                    model, segment, score, bucket, bins, c % bins, float(n[c]), float(d[c]), float(q[c])
-                )
-            )
+            sums = (float(n[c]), float(d[c]), float(q[c]), float(tolerance[c // bins]))
+            rows.append(PendingRow(model, segment, score, bucket, bins, c % bins, *sums, g[c]))
     if len(scores) == 2:
         raw, calibrated = scores.values()
         delta = (calibrated - y) ** 2 - (raw - y) ** 2
         n = np.bincount(group, minlength=len(keys))
         d = np.bincount(group, weights=delta, minlength=len(keys))
         q = np.bincount(group, weights=delta * delta, minlength=len(keys))
-        for g in np.flatnonzero(n).tolist():
-            model, segment, bucket = keys[g]
-            rows.append(
-                PendingRow(model, segment, PAIRED, bucket, 1, 0, float(n[g]), float(d[g]), float(q[g]))
-            )
+        for k in np.flatnonzero(n).tolist():
+            model, segment, bucket = keys[k]
+            sums = (float(n[k]), float(d[k]), float(q[k]), float(tolerance[k]))
+            rows.append(PendingRow(model, segment, PAIRED, bucket, 1, 0, *sums, _NO_BETS))
     return rows
 
 
@@ -115,6 +120,8 @@ def append_pending(conn: Connection, rows: Iterable[PendingRow]) -> None:
             "n": r.n,
             "d": r.d,
             "q": r.q,
+            "tolerance": r.tolerance,
+            "g": np.ascontiguousarray(r.g, dtype=np.float64).tobytes(),
         }
         for r in rows
     ]
@@ -123,14 +130,18 @@ def append_pending(conn: Connection, rows: Iterable[PendingRow]) -> None:
 
 
 def load_pending(conn: Connection) -> tuple[int | None, list[PendingRow]]:
-    """Every pending row, summed per (series, score, bucket, bin), and the highest id read."""
+    """Every pending row, and the highest id read (what ``consume`` deletes up to)."""
     top = conn.execute(select(func.max(evidence_pending.c.id))).scalar()
     if top is None:
         return None, []
     t = evidence_pending.c
-    key = (t.model, t.segment, t.score, t.bucket_start, t.bins, t.bin)
-    query = select(*key, func.sum(t.n), func.sum(t.d), func.sum(t.q)).where(t.id <= top).group_by(*key)
-    return int(top), [PendingRow(*row) for row in conn.execute(query)]
+    columns = (t.model, t.segment, t.score, t.bucket_start, t.bins, t.bin, t.n, t.d, t.q, t.tolerance, t.g)
+    found = []
+    for r in conn.execute(select(*columns).where(t.id <= top)):
+        head = (r.model, r.segment, r.score, float(r.bucket_start), int(r.bins), int(r.bin))
+        sums = (float(r.n), float(r.d), float(r.q), float(r.tolerance))
+        found.append(PendingRow(*head, *sums, np.frombuffer(r.g, dtype=np.float64).reshape(-1, 2)))
+    return int(top), found
 
 
 def consume(conn: Connection, up_to: int) -> None:

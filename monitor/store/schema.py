@@ -259,6 +259,8 @@ evidence_pending = Table(
     Column("n", Float(precision=53), nullable=False),
     Column("d", Float(precision=53), nullable=False),
     Column("q", Float(precision=53), nullable=False),
+    Column("tolerance", Float(precision=53), nullable=False),  # the τ the bets were placed at
+    Column("g", LargeBinary, nullable=False),  # float64 (L, 2): Σ log(1 + λ(±(p - y) - τ)/(1 + τ))
 )
 
 # The drift detectors' state per series and score, so a restart or a new leader continues them.

@@ -10,30 +10,26 @@ import pytest
 
 from monitor.calibration import metrics
 from monitor.calibration.evidence import (
+    LAMBDAS,
     BetGrid,
     Detector,
-    LabelSums,
-    label_sums,
+    bet_sums,
+    idle_costs,
     log_increments,
     paired_log_increments,
     sign_patterns,
 )
-from monitor.calibration.sketch import CalibrationSketch
 
 BINS = 15
 TOLERANCE = 0.02
 GRID = BetGrid.for_bins(BINS)
 
 
-def sums_of(p: np.ndarray, y: np.ndarray, bins: int = BINS) -> LabelSums:
-    """Independent computation: bin each label, then sum (p - y) and its square per bin."""
-    index = metrics.bin_index(p, bins)
-    diff = p - y
-    return LabelSums(
-        np.bincount(index, minlength=bins).astype(float),
-        np.bincount(index, weights=diff, minlength=bins),
-        np.bincount(index, weights=diff**2, minlength=bins),
-    )
+def bets(p: np.ndarray, y: np.ndarray, tolerance: float = TOLERANCE) -> np.ndarray:
+    """The log wealth of every component over these labels, as the fold and the detector compute it."""
+    index = metrics.bin_index(p, BINS)
+    n = np.bincount(index, minlength=BINS).astype(float)
+    return log_increments(GRID, bet_sums(p, y, index, BINS, tolerance), idle_costs(n, tolerance))
 
 
 def at_tolerance(rng: np.random.Generator, n: int, shape: str = "over") -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +63,7 @@ def test_one_label_e_value_has_expectation_at_most_one_under_the_null(shape: str
     expectation = np.zeros(GRID.size)
     for pi, qi in zip(p, q, strict=True):
         for y, weight in ((1.0, qi), (0.0, 1 - qi)):
-            e = np.exp(log_increments(GRID, sums_of(np.array([pi]), np.array([y])), TOLERANCE))
+            e = np.exp(bets(np.array([pi]), np.array([y])))
             expectation += weight * e / p.size
     assert expectation.max() <= 1.0 + 1e-12
 
@@ -83,7 +79,7 @@ def test_batches_are_supermartingale_increments_and_the_mixture_grows_at_most_li
         hit = False
         for t in range(steps):
             p, y = at_tolerance(rng, 40, ("over", "under", "split")[s % 3])
-            detector.step(log_increments(GRID, sums_of(p, y), TOLERANCE), float(t))
+            detector.step(bets(p, y), float(t))
             hit = hit or detector.alarmed(threshold)
         final[s] = math.exp(detector.log_evidence)
         alarmed += hit
@@ -96,7 +92,7 @@ def test_a_calibrated_series_builds_no_evidence() -> None:
     detector = Detector.fresh(GRID.log_weights)
     for t in range(300):
         p = rng.uniform(0.5, 1.0, 100)
-        detector.step(log_increments(GRID, sums_of(p, (rng.random(100) < p).astype(float)), TOLERANCE), t)
+        detector.step(bets(p, (rng.random(100) < p).astype(float)), t)
     assert detector.log_evidence < math.log(100.0)
     assert detector.labels == 0 and detector.steps == 300  # labels are counted only when passed
 
@@ -105,30 +101,32 @@ def test_order_independence_and_merge() -> None:
     rng = np.random.default_rng(2)
     p = rng.uniform(0.5, 1.0, 1000)
     y = (rng.random(1000) < p - 0.05).astype(float)
-    whole = log_increments(GRID, sums_of(p, y), TOLERANCE)
+    whole = bets(p, y)
     order = rng.permutation(1000)
-    shuffled = log_increments(GRID, sums_of(p[order], y[order]), TOLERANCE)
-    merged = log_increments(GRID, sums_of(p[:300], y[:300]) + sums_of(p[300:], y[300:]), TOLERANCE)
+    shuffled = bets(p[order], y[order])
+    merged = bets(p[:300], y[:300]) + bets(p[300:], y[300:])
     np.testing.assert_allclose(shuffled, whole, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(merged, whole, rtol=1e-10, atol=1e-10)
     # Two batches of a detector = their product, whichever order the labels came in within each.
     one, two = Detector.fresh(GRID.log_weights), Detector.fresh(GRID.log_weights)
-    one.step(log_increments(GRID, sums_of(p[:500], y[:500]), TOLERANCE), 0)
-    two.step(log_increments(GRID, sums_of(p[:500][::-1], y[:500][::-1]), TOLERANCE), 0)
+    one.step(bets(p[:500], y[:500]), 0)
+    two.step(bets(p[:500][::-1], y[:500][::-1]), 0)
     assert one.log_evidence == pytest.approx(two.log_evidence, abs=1e-9)
 
 
-def test_label_sums_from_the_sketch_match_a_direct_computation() -> None:
+def test_the_folded_sums_are_the_exact_wealth_of_each_bet() -> None:
+    """Independent computation: the product of (1 + λx) label by label, for a few components."""
     rng = np.random.default_rng(3)
-    p = rng.uniform(0, 1, 5000)
-    y = (rng.random(5000) < p).astype(float)
-    sketch = CalibrationSketch(120).add(p, y)
-    from_sketch = label_sums(sketch.moments, BINS)
-    direct = sums_of(p, y)
-    for a, b in ((from_sketch.n, direct.n), (from_sketch.d, direct.d), (from_sketch.q, direct.q)):
-        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9)
-    with pytest.raises(ValueError, match="divide"):
-        label_sums(sketch.moments, 7)
+    p = rng.uniform(0, 1, 2000)
+    y = (rng.random(2000) < p).astype(float)
+    index = metrics.bin_index(p, BINS)
+    got = bets(p, y).reshape(len(LAMBDAS), -1)
+    for k, lam in enumerate(LAMBDAS):
+        for row in (0, 1, 5, len(GRID.patterns) - 1):
+            s = GRID.patterns[row][index]
+            x = (s * (p - y) - TOLERANCE) / (1 + TOLERANCE)
+            x = np.where(s == 0, -TOLERANCE / (1 + TOLERANCE), x)
+            assert got[k, row] == pytest.approx(np.log1p(lam * x).sum(), rel=1e-9, abs=1e-9)
 
 
 @pytest.mark.parametrize(("shape", "shift"), [("over", 0.10), ("under", 0.10), ("top", 0.10)])
@@ -146,7 +144,7 @@ def test_a_shift_is_detected_fast_and_dated(shape: str, shift: float) -> None:
                 q = np.minimum(p + shift, 1.0)
             else:  # only the confidences above 0.9 (a fifth of them), ECE = shift
                 q = np.where(p > 0.9, p - 5 * shift, p)
-        detector.step(log_increments(GRID, sums_of(p, (rng.random(100) < q).astype(float)), TOLERANCE), t)
+        detector.step(bets(p, (rng.random(100) < q).astype(float)), t)
         if detector.alarmed(threshold):
             break
     assert change <= t <= change + 15, t  # at most 1,500 labels after the shift at ECE 0.10

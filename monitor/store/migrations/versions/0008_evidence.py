@@ -28,6 +28,8 @@ def upgrade() -> None:
         sa.Column("n", sa.Float(precision=53), nullable=False),
         sa.Column("d", sa.Float(precision=53), nullable=False),
         sa.Column("q", sa.Float(precision=53), nullable=False),
+        sa.Column("tolerance", sa.Float(precision=53), nullable=False),
+        sa.Column("g", sa.LargeBinary, nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_evidence_pending"),
     )
     op.create_table(
