@@ -383,8 +383,8 @@ def model_detail() -> Json:
         _panel(
             "timeseries",
             "Calibrated ECE with its 95% interval, and raw ECE",
-            "The drift policy and the CalmonCalibrationDrift alert judge the interval's lower bound, "
-            "not the point estimate: with few labels the estimate alone is noisy.",
+            "Displayed metrics: the drift decision is the detector's (next panel), not this "
+            "estimate, which is noisy with few labels and re-tested every evaluation.",
             [
                 target(f"max(calmon_expected_calibration_error{{{CALIBRATED}}})", "calibrated ECE"),
                 target(f"max(calmon_expected_calibration_error_ci_lower{{{CALIBRATED}}})", "CI lower"),
@@ -395,6 +395,42 @@ def model_detail() -> Json:
             unit="percentunit",
             minimum=0,
             overrides=band_overrides,
+        ),
+        _panel(
+            "timeseries",
+            "Drift evidence against its threshold (log10)",
+            "The drift detectors' evidence that calibration error exceeds drift.tolerance, log10: "
+            "'calibrated' alarms (CalmonCalibrationDrift, a refit) where it meets the threshold set by "
+            "drift.false_alarm_every; 'raw' is reported only; 'paired' is evidence that the served "
+            "confidence is worse than raw (with 'calibrated' in alarm: automatic rollback).",
+            [
+                target(
+                    'max by (score) (calmon_drift_evidence_log10{model="$model", segment="$segment"})',
+                    "{{score}}",
+                ),
+                target(
+                    "max(calmon_drift_evidence_threshold_log10"
+                    '{model="$model", segment="$segment", score="calibrated"})',
+                    "threshold",
+                ),
+            ],
+            width=16,
+        ),
+        _panel(
+            "stat",
+            "Drift began (estimated change point)",
+            "While the detector is in alarm: the prediction time where the evidence run that crossed "
+            "began. A drift refit fits only on predictions made after it.",
+            [
+                target(
+                    "max by (score) (calmon_drift_change_point_timestamp_seconds"
+                    '{model="$model", segment="$segment"}) * 1000',
+                    "{{score}}",
+                )
+            ],
+            width=8,
+            unit="dateTimeAsIso",
+            options={"reduceOptions": {"calcs": ["lastNotNull"]}, "textMode": "value_and_name"},
         ),
         _panel(
             "table",

@@ -101,11 +101,13 @@ def test_alerts_use_only_exported_metric_names() -> None:
         assert names and names <= exported, f"{rule['alert']}: {sorted(names - exported)}"
 
 
-def test_calibration_alert_guards_against_the_noise_floor() -> None:
-    """ECE of a calibrated model is ~0.04-0.06 below 1000 labels: the rule needs the lower bound and n."""
+def test_calibration_alert_is_the_detectors_alarm_on_the_served_score() -> None:
+    """The sequential decision (and its false-alarm guarantee) is calmon's; the rule must not
+    re-test a fixed-sample statistic on every evaluation, which is what made it fire on healthy
+    traffic (issue 12)."""
     (rule,) = [r for r in alerts() if r["alert"] == "CalmonCalibrationDrift"]
-    assert "calmon_expected_calibration_error_ci_lower" in rule["expr"]
-    assert "calmon_labelled_predictions" in rule["expr"] and ">= 1000" in rule["expr"]
+    assert 'calmon_drift_alarm{score="calibrated"}' in rule["expr"]
+    assert "calmon_expected_calibration_error" not in rule["expr"]
 
 
 def test_alertmanager_example_is_valid_and_routes_to_all_three_kinds() -> None:

@@ -205,12 +205,8 @@ def validation_gate(
     seed: int | np.random.Generator | None = 0,
     active_scores: ArrayLike | None = None,
     candidate_scores: ArrayLike | None = None,
-    ci_floor: float = 0.0,
 ) -> GateDecision:
     """Decide on held-out data whether ``candidate`` should replace ``active``.
-
-    ``ci_floor``: what the improvement's CI lower bound must exceed — above noise at the scale of
-    the drift tolerance, so a calibrator within tolerance is not replaced for a sliver.
 
     ``active_scores``/``candidate_scores``: the calibrated validation confidences when they do not
     follow from ``transform(confidence)`` alone (a temperature applied to stored logits).
@@ -233,10 +229,10 @@ def validation_gate(
         ),
         Check(
             "ece_improvement_ci",
-            low > ci_floor,
+            low > 0.0,
             f"{level:.0%} bootstrap CI of the improvement [{low:+.4f}, {high:+.4f}] "
-            + (f"lies above {ci_floor:g}" if low > ci_floor else f"reaches {ci_floor:g} or below"),
-            {"lower": low, "upper": high, "level": level, "floor": ci_floor},
+            + ("lies above 0" if low > 0.0 else "includes or lies below 0"),
+            {"lower": low, "upper": high, "level": level},
         ),
         Check(
             "brier_not_worse",

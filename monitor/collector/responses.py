@@ -99,10 +99,26 @@ class ActiveCalibrator(_Out):
     activated_at: float | None
 
 
+class SeriesEvidence(_Out):
+    """One drift detector (docs/architecture.md, "Drift decisions")."""
+
+    model: str
+    segment: str
+    score: str  # raw | calibrated | paired (served worse than raw)
+    log10_evidence: float | None
+    log10_threshold: float
+    alarm: bool
+    alarm_since: float | None
+    change_point: float | None  # prediction time where the evidence run that crossed began
+    labels: int  # labels bet on since the epoch
+    epoch: float  # bets count predictions made from here (the serving calibrator's start)
+
+
 class ModelDetail(ModelSummary):
     calibrators: list[ActiveCalibrator]
     evaluated_at: float | None
     windows: list[WindowSummary]
+    evidence: list[SeriesEvidence]
 
 
 class ReliabilityBin(_Out):

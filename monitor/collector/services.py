@@ -290,6 +290,7 @@ class Services:
         snapshot = self.snapshots.get()
         summary["evaluated_at"] = snapshot.created_at if snapshot else None
         summary["windows"] = [window_summary(s) for s in snapshot.for_model(model)] if snapshot else []
+        summary["evidence"] = [e for e in snapshot.evidence if e["model"] == model] if snapshot else []
         return summary
 
     def reliability(self, model: str, segment: str, window: str | None, score: str) -> dict[str, Any]:

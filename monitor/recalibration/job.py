@@ -198,7 +198,9 @@ def _fit_and_gate(
         chosen.calibrator,
         split.val_confidence,
         split.val_correct,
-        ece_margin=cfg.ece_margin,
+        # Larger than noise (the CI) and at the scale of the drift tolerance: a calibrator within the
+        # tolerance is not replaced for a sliver, and refits on healthy traffic are refused.
+        ece_margin=max(cfg.ece_margin, settings.drift_for(model, segment).tolerance),
         brier_tolerance=cfg.brier_tolerance,
         auroc_tolerance=cfg.auroc_tolerance,
         n_boot=cfg.bootstrap_draws,
@@ -206,7 +208,6 @@ def _fit_and_gate(
         seed=0,
         active_scores=before,
         candidate_scores=after,
-        ci_floor=settings.drift_for(model, segment).tolerance / 2,
     )
     fit_window = (float(data.ts[fit].min()), float(data.ts[fit].max()))
     return _Fitted(

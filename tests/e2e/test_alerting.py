@@ -176,7 +176,7 @@ def test_drift_pages_through_prometheus_and_alertmanager_and_fills_every_dashboa
         alerts = wait_until(delivered, 60, "CalmonCalibrationDrift delivered to the webhook")
         assert all(a["labels"]["model"] == MODEL for a in alerts)
         assert alerts[0]["annotations"]["runbook_url"].endswith("docs/runbooks/CalmonCalibrationDrift.md")
-        assert "calibrated ECE" in alerts[0]["annotations"]["description"]
+        assert "exceeds drift.tolerance" in alerts[0]["annotations"]["description"]
         bodies = [b for b in receiver.requests if any(a in b["alerts"] for a in alerts)]
         assert bodies[0]["receiver"] == "ml-platform-slack"
         assert {"alertname", "model", "segment"} == set(bodies[0]["groupLabels"])
