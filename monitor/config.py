@@ -192,6 +192,14 @@ class ModelDriftOverride(_Section):
 class SegmentConfig(_Section):
     drift: ModelDriftOverride = Field(default_factory=ModelDriftOverride)
 
+    @field_validator("drift")
+    @classmethod
+    def _model_level_bets(cls, value: ModelDriftOverride) -> ModelDriftOverride:
+        """Labels are bet on when folded, for the segment and the model-wide series at once."""
+        if value.tolerance is not None:
+            raise ValueError("tolerance is set per model (models.<m>.drift.tolerance), not per segment")
+        return value
+
 
 class ModelConfig(_Section):
     drift: ModelDriftOverride = Field(default_factory=ModelDriftOverride)

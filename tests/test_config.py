@@ -73,6 +73,13 @@ def test_yaml_then_env_then_overrides(config_file: Path, monkeypatch: pytest.Mon
         ("recalibration: {schedule: '0 3 * * 8'}", "recalibration.schedule"),
         ("recalibration: {methods: [temperature, magic]}", "recalibration.methods"),
         ("notifications: [{kind: apprise, url: 'nosuch://x'}]", "notifications.0"),
+        ("drift: {policy: bayes}", "drift.policy"),
+        ("drift: {tolerance: 0}", "drift.tolerance"),
+        ("drift: {false_alarm_every: ten years}", "drift.false_alarm_every"),
+        ("drift: {false_alarm_every: 0}", "drift.false_alarm_every"),
+        ("drift: {baseline_start: 100}", "drift"),
+        ("drift: {baseline_start: 200, baseline_end: 100}", "drift"),
+        ("models: {m: {segments: {s: {drift: {tolerance: 0.05}}}}}", "models.m.segments.s.drift"),
     ],
 )
 def test_invalid_config_names_the_key(tmp_path: Path, text: str, key: str) -> None:
@@ -81,6 +88,16 @@ def test_invalid_config_names_the_key(tmp_path: Path, text: str, key: str) -> No
     with pytest.raises(ConfigError) as info:
         load_settings(path)
     assert key in str(info.value)
+
+
+def test_false_alarm_every_as_a_count_or_a_duration() -> None:
+    from monitor.evaluation.evidence import threshold_of
+
+    settings = load_settings(None, drift={"false_alarm_every": "520w"}, evaluation={"interval_seconds": 60})
+    assert threshold_of(settings.drift, 60) == 520 * 7 * 24 * 60  # evaluations in ten years
+    assert threshold_of(load_settings(None).drift, 60) == 100_000
+    model = load_settings(None, models={"m": {"drift": {"tolerance": 0.05, "false_alarm_every": 1000}}})
+    assert (model.drift_for("m", "*").tolerance, model.drift_for("m", "x").false_alarm_every) == (0.05, 1000)
 
 
 def test_missing_file() -> None:
