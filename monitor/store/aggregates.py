@@ -131,7 +131,12 @@ def aggregate_pending(
         append_pending(conn, rows_out)
     if segment_map is not None:
         segment_map.save(conn)
+    _advance(conn, pk, labelled)
+    return AggregationRun(len(rows), deltas)
 
+
+def _advance(conn: Connection, pk: NDArray[np.int64], labelled: NDArray[np.bool_]) -> None:
+    """Mark the folded rows: 1 counted as a prediction, 2 its label counted too."""
     new_state = np.where(labelled, 2, 1)
     changed = [(int(s), int(k)) for s, k in zip(new_state, pk, strict=True)]
     conn.exec_driver_sql(
@@ -140,7 +145,6 @@ def aggregate_pending(
         else "UPDATE predictions SET agg_state = ? WHERE pk = ?",
         changed,
     )
-    return AggregationRun(len(rows), deltas)
 
 
 _UPSERT = (
