@@ -32,7 +32,7 @@ from monitor.calibration.evidence import (
     log_increments,
     paired_log_increments,
 )
-from monitor.config import DriftConfig
+from monitor.config import DriftConfig, parse_duration
 from monitor.store.evidence import (
     PAIRED,
     PendingRow,
@@ -47,7 +47,6 @@ from monitor.vocabulary import MODEL_WIDE, OTHER_SEGMENT, Score
 __all__ = ["EvidenceBook", "EvidenceRound", "SeriesEvidence", "epochs_from_changes"]
 
 Key = tuple[str, str, str]  # (model, segment, score)
-DETECTORS = (Score.CALIBRATED, Score.RAW, PAIRED)
 
 
 @dataclass(frozen=True)
@@ -117,8 +116,6 @@ def threshold_of(cfg: DriftConfig, interval_seconds: float) -> float:
     """A, in evaluations: ``false_alarm_every`` as a count, or a duration over the interval."""
     every = cfg.false_alarm_every
     if isinstance(every, str):
-        from monitor.config import parse_duration
-
         return max(parse_duration(every) / interval_seconds, 1.0)
     return float(every)
 
