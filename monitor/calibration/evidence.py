@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from numpy.typing import NDArray
@@ -167,10 +168,11 @@ class Detector:
         restart = ~(self.log_r > 0.0)
         self.run_start = np.where(restart, at, self.run_start)
         self.log_r = increments + np.logaddexp(0.0, self.log_r)
+        self.__dict__.pop("log_evidence", None)  # the cached mixture is stale
         self.steps += 1
         self.labels += labels
 
-    @property
+    @cached_property
     def log_evidence(self) -> float:
         """log of the mixture ``Σ_k w_k R_k`` (``-inf`` before the first batch)."""
         weighted = self.log_r + self.log_weights

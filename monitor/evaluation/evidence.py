@@ -165,11 +165,12 @@ class EvidenceBook:
             model, segment, score = key
             epoch = epoch_of(model, segment) if score != Score.RAW else 0.0
             old = self.states.get(key)
+            batch = batches.get(key)
             if old is None or old.epoch < epoch:
                 state = _State(Detector.fresh(self._weights(score)), epoch)
-            else:
-                state = _State(replace(old.detector), old.epoch, old.alarm_since)
-            batch = batches.get(key)
+            else:  # a detector without new labels is shared, not copied: nothing changes it
+                detector = replace(old.detector) if batch is not None else old.detector
+                state = _State(detector, old.epoch, old.alarm_since)
             if batch is not None:
                 self._step(state, key, batch)
             cfg = self._config(model, segment)
