@@ -196,7 +196,7 @@ def first_alarms(decisions: dict[str, Any]) -> dict[str, float]:
 def refits(decisions: dict[str, Any]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for r in decisions["recalibrations"]:
-        if r["outcome"] in ("promoted", "rejected"):
+        if r["outcome"] != "waiting":  # every run that started fitting, or failed trying
             counts[r["model"]] = counts.get(r["model"], 0) + 1
     return counts
 
