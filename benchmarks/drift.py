@@ -271,7 +271,8 @@ def delays(args: argparse.Namespace, work: Path, pool: ThreadPoolExecutor) -> li
                 meta[model] = (shape, size, times)
     history = work / "shift.jsonl"
     write_history(history, records)
-    runs = dict(zip(POLICIES, pool.map(lambda p: replay(p, history, work), POLICIES), strict=True))
+    policies = args.policies or POLICIES
+    runs = dict(zip(policies, pool.map(lambda p: replay(p, history, work), policies), strict=True))
     rows = []
     for policy, (decisions, _) in runs.items():
         alarms = first_alarms(decisions)
@@ -411,6 +412,7 @@ def main() -> None:
     parser.add_argument("--post", type=int, default=15_000, help="labels after it")
     parser.add_argument("--only", choices=["false-alarms", "delays", "repair"], action="append")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--policies", nargs="+", choices=POLICIES, help="delays: only these policies")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--json", help="also write the raw results here")
     args = parser.parse_args()
@@ -431,6 +433,11 @@ def main() -> None:
     )
     if args.out:
         write_section(args.out, "drift", render(results, args))
+
+
+def _n(value: float, spec: str) -> str:
+    """A delay, or "not detected" when too many streams never alarmed for the statistic to exist."""
+    return format(value, spec) if np.isfinite(value) else "not detected"
 
 
 def render(results: dict[str, Any], args: argparse.Namespace) -> str:
@@ -466,9 +473,10 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
         ]
         for r in results["delays"]:
             lines.append(
-                f"| {r['policy']} | {r['shape']} | {r['ce']:.2f} | {r['median_labels']:,.0f} | "
-                f"{r['p90_labels']:,.0f} | {r['median_evals']:.0f} | {r['p90_evals']:.0f} | "
-                f"{r['missed']} | {r['early']} |"
+                f"| {r['policy']} | {r['shape']} | {r['ce']:.2f} | {_n(r['median_labels'], ',.0f')} | "
+                f"{_n(r['p90_labels'], ',.0f')} | {_n(r['median_evals'], '.0f')} | "
+                f"{_n(r['p90_evals'], '.0f')} | "
+                f"{r['missed']} of {r['streams']} | {r['early']} |"
             )
         lines.append("")
     if "repair" in results:
