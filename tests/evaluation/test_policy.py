@@ -254,3 +254,15 @@ def test_a_promotion_stops_the_drift_events_until_the_window_rolls_over(
         assert post_predictions(client, fresh).status_code == 200
         scheduler.evaluate_once()
         assert sample("calmon_window_calibrator_changed", exposition, **labels) == 0.0
+
+
+def test_fixed_window_tests_the_tolerance_once_per_disjoint_window() -> None:
+    settings = load_settings(None, drift={"policy": "fixed_window", "tolerance": 0.02, "consecutive": 2})
+    judge = DriftPolicy(settings.drift_for, {"24h": 86400})
+    off = stats(ci_lower=0.03)  # above the tolerance, below the first-wave 0.05 threshold
+    hits = []
+    for minute in range(0, 3 * 1440, 60):  # hourly evaluations over three days
+        _, events = judge.observe([off], now=86400 * 10 + minute * 60)
+        hits += [e for e in events if e.kind == "calibration"]
+    assert len(hits) == 2  # once per day boundary crossed (not the first evaluation), no consecutive wait
+    assert all(e.consecutive == 1 for e in hits)
