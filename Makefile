@@ -44,6 +44,7 @@ bench: $(STAMP) services
 	$(PY) benchmarks/evaluation.py --out benchmarks/RESULTS.md
 	$(PY) benchmarks/recalibration.py --out benchmarks/RESULTS.md
 	$(PY) benchmarks/drift.py --out benchmarks/RESULTS.md --json benchmarks/drift-results.json
+	$(PY) benchmarks/pages.py --out benchmarks/RESULTS.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

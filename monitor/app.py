@@ -34,6 +34,7 @@ from monitor.scheduler import Scheduler, SnapshotPublisher, default_instance_id
 from monitor.store.engine import create_store_engine
 from monitor.store.migrate import upgrade
 from monitor.telemetry import BinnedCounters, ServiceMetrics
+from monitor.web.pages import router as status_pages
 
 __all__ = ["Daemon", "StartupError", "build", "serve"]
 
@@ -138,6 +139,7 @@ def build(
         recalibrator=recalibrator,
         notify=notifier.notify,
     )
+    app.include_router(status_pages)  # the status page: /, /models/{model}, /reports/{id}
     return Daemon(
         engine,
         app,

@@ -237,6 +237,7 @@ def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
             settings.evaluation.fine_bins,
             since=since,
             cap_of=settings.max_segments_for,
+            hour_bins=settings.evaluation.ece_bins,
         )
     where = "" if since is None else f" newer than {datetime.fromtimestamp(since, UTC):%Y-%m-%d %H:%M} UTC"
     print(f"rebuilt sketch buckets from {rows} prediction rows{where}")

@@ -33,7 +33,8 @@ ALLOWED: dict[str, set[str]] = {
     "telemetry": {"calibration", "vocabulary"},
     "store": {"calibration", "config", "vocabulary"},
     "evaluation": {"calibration", "config", "store", "vocabulary"},
-    "recalibration": {"calibration", "config", "store", "telemetry", "vocabulary"},
+    "recalibration": {"calibration", "charts", "config", "store", "telemetry", "vocabulary"},
+    "charts": set(),
     "collector": {
         "__init__",
         "calibration",
@@ -44,6 +45,7 @@ ALLOWED: dict[str, set[str]] = {
         "telemetry",
         "vocabulary",
     },
+    "web": {"charts", "collector", "config", "evaluation", "recalibration", "store", "vocabulary"},
     "lease": {"store"},
     "exporter": {"evaluation", "telemetry", "vocabulary"},
     "notify": {"config", "telemetry"},

@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 from starlette.responses import Response
 
 from monitor import __version__
+from monitor.collector import apidocs
 from monitor.collector.auth import Authenticator
 from monitor.collector.deps import Context
 from monitor.collector.errors import JSONResponse, Throttled, error, install_handlers
@@ -68,6 +69,7 @@ def create_app(
         version=__version__,
         description="Calibration monitoring for LLM and classifier confidence scores.",
         default_response_class=JSONResponse,
+        redoc_url=None,  # collector.apidocs serves it, without the bundle's one remote logo
     )
     app.state.context = Context(
         settings=settings,
@@ -86,6 +88,7 @@ def create_app(
     install_handlers(app, metrics)
     for router in ROUTERS:
         app.include_router(router)
+    app.include_router(apidocs.router)
     _document_bodies(app, REQUEST_BODIES)
     return app
 

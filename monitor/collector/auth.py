@@ -20,6 +20,7 @@ __all__ = [
     "AuthError",
     "Authenticator",
     "Principal",
+    "digest_of",
 ]
 
 
@@ -43,6 +44,10 @@ class AuthError(Exception):
         self.message = message
 
 
+def digest_of(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
 class Authenticator:
     def __init__(self, config: AuthConfig):
         self._tokens: list[tuple[bytes, Principal]] = []
@@ -50,7 +55,7 @@ class Authenticator:
             scopes: set[str] = set()
             for scope in token.scopes:
                 scopes |= IMPLIED[scope]
-            digest = hashlib.sha256(token.secret().encode()).digest()
+            digest = digest_of(token.secret())
             self._tokens.append((digest, Principal(token.name, frozenset(scopes))))
 
     @property
@@ -63,7 +68,10 @@ class Authenticator:
         scheme, _, credential = authorization.partition(" ")
         if scheme.lower() != "bearer" or not credential.strip():
             return None
-        digest = hashlib.sha256(credential.strip().encode()).digest()
+        return self.identify_digest(digest_of(credential.strip()))
+
+    def identify_digest(self, digest: bytes) -> Principal | None:
+        """The principal whose token hashes to ``digest`` (the status page's cookie holds the digest)."""
         found: Principal | None = None
         for expected, principal in self._tokens:  # no early exit: constant work per request
             if hmac.compare_digest(digest, expected):

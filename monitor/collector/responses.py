@@ -134,6 +134,7 @@ class ReliabilityResponse(WindowSummary):
     evaluated_at: float
     bins: list[ReliabilityBin]
     histogram: list[float]
+    reference_histogram: list[float]  # empty without a reference period
 
 
 class EventOut(_Out):

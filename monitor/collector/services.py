@@ -49,6 +49,7 @@ def window_summary(stats: WindowStats) -> dict[str, Any]:
     data = stats.as_dict()
     data.pop("reliability")
     data.pop("histogram")
+    data.pop("reference_histogram")
     return data
 
 
@@ -198,8 +199,12 @@ class Services:
         if rejected and not scored:
             raise _all_rejected(rejected)
         rows = self.score(scored)
+        first_seen = {model: now for model in new_models}
+        for item in scored:  # a new model's history starts at its earliest prediction, not at arrival
+            if item.model in first_seen:
+                first_seen[item.model] = min(first_seen[item.model], item.ts)
         with self.engine.begin() as conn:
-            register_models(conn, new_models, now)
+            register_models(conn, first_seen)
             outcome = insert_predictions(conn, rows, now)
         self.known.update(new_models)
         accepted = Counter(
@@ -316,6 +321,7 @@ class Services:
             "evaluated_at": snapshot.created_at,
             "bins": stats.reliability,
             "histogram": stats.histogram,
+            "reference_histogram": stats.reference_histogram,
         }
 
     def events(

@@ -40,6 +40,7 @@ from monitor.store.coordination import save_snapshot
 from monitor.store.engine import READ_ONLY
 from monitor.store.events import append_event, calibrator_changes
 from monitor.store.evidence import PAIRED
+from monitor.store.history import ensure_hours
 from monitor.store.segments import load_positions, registered_series
 from monitor.vocabulary import IDENTITY, MODEL_WIDE, EventKind, Score, Trigger
 
@@ -87,6 +88,7 @@ class EvaluationTick:
         self.evidence = EvidenceBook(cfg.ece_bins, settings.drift_for, cfg.interval_seconds)
         self.references = ReferenceSketches(cfg.fine_bins, self.windows[0].seconds, settings.drift_for)
         self._round = EvidenceRound(None)
+        self._hours_checked = False  # the hourly rollup matches ece_bins (store.history.ensure_hours)
 
     def tolerance_of(self, model: str) -> float:
         """The τ a model's labels are bet at (per model: the model-wide series holds every segment)."""
@@ -118,6 +120,11 @@ class EvaluationTick:
                 self.rolling.load(conn, now)
                 conn.rollback()
         cfg = self.settings.evaluation
+        if not self._hours_checked:  # once per process: after the migration or an ece_bins change
+            with self.engine.begin() as conn:
+                if ensure_hours(conn, cfg.ece_bins, cfg.fine_bins):
+                    log.info("rebuilt the hourly history rollup", extra={"bins": cfg.ece_bins})
+            self._hours_checked = True
         total = 0
         while True:
             with self.engine.begin() as conn:
@@ -129,6 +136,7 @@ class EvaluationTick:
                     self.settings.max_segments_for,
                     evidence_bins=cfg.ece_bins,
                     tolerance_of=self.tolerance_of,
+                    hour_bins=cfg.ece_bins,
                 )
             if not run.rows:
                 return total

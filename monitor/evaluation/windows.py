@@ -64,6 +64,7 @@ class WindowStats:
     js_distance: float | None = None
     reliability: list[dict[str, Any]] = field(default_factory=list)
     histogram: list[float] = field(default_factory=list)  # all predictions, ece_bins bins
+    reference_histogram: list[float] = field(default_factory=list)  # what psi compared against
     confidence_sum: float = 0.0  # over all predictions of the window (the histogram's sum)
     # The calibrator serving this series changed within the window, so the calibrated statistics mix
     # the confidences of two calibrators: reported, but not judged by the drift policy or the alerts.
@@ -96,6 +97,7 @@ def window_stats(
     stats.histogram = sketch.histogram(ece_bins).tolist()
     stats.confidence_sum = float(sketch.moments[Moment.SUM_P].sum())
     if n and reference is not None and reference.predictions:
+        stats.reference_histogram = reference.histogram(ece_bins).tolist()
         stats.psi = _finite(psi(reference.histogram(ece_bins), sketch.histogram(ece_bins)))
         stats.js_distance = _finite(js_distance(reference.histogram(ece_bins), sketch.histogram(ece_bins)))
     if n_l == 0:

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+import monitor.charts as charts
 from monitor.calibration import metrics
 from monitor.calibration.selection import Candidate, GateDecision, Split
 
@@ -123,37 +124,27 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def svg(report: dict[str, Any], size: int = 320) -> str:
-    """The reliability diagram before (red) and after (blue) on the validation rows, as an SVG."""
-    pad = 30
-    scale = size - 2 * pad
-
-    def point(confidence: float, accuracy: float) -> tuple[float, float]:
-        return pad + confidence * scale, size - pad - accuracy * scale
-
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{size}" height="{size}" '
-        f'viewBox="0 0 {size} {size}">',
-        f'<rect x="{pad}" y="{pad}" width="{scale}" height="{scale}" fill="white" stroke="#999"/>',
-        f'<line x1="{pad}" y1="{size - pad}" x2="{size - pad}" y2="{pad}" '
-        'stroke="#bbb" stroke-dasharray="4"/>',
-        f'<text x="{size / 2}" y="{size - 8}" font-size="11" text-anchor="middle">confidence</text>',
-        f'<text x="10" y="{size / 2}" font-size="11" transform="rotate(-90 10 {size / 2})" '
-        'text-anchor="middle">accuracy</text>',
-    ]
-    total = max(1, report["data"]["validation_rows"])
-    for key, colour in (("reliability_before", "#d62728"), ("reliability_after", "#1f77b4")):
-        points = [r for r in report.get(key, []) if r["count"] and r["accuracy"] is not None]
-        path = " ".join("{:.1f},{:.1f}".format(*point(r["mean_confidence"], r["accuracy"])) for r in points)
-        if path:
-            parts.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
-        for r in points:
-            x, y = point(r["mean_confidence"], r["accuracy"])
-            radius = 2 + 8 * (r["count"] / total) ** 0.5
-            parts.append(
-                f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{radius:.1f}" fill="{colour}" fill-opacity="0.6"/>'
-            )
-    parts.append(f'<text x="{pad + 4}" y="{pad + 14}" font-size="11" fill="#d62728">before</text>')
-    parts.append(f'<text x="{pad + 4}" y="{pad + 28}" font-size="11" fill="#1f77b4">after</text>')
-    parts.append("</svg>")
-    return "\n".join(parts)
+def svg(report: dict[str, Any], chart_id: str = "report-reliability") -> str:
+    """Reliability on the validation rows: before (the serving calibrator) and after (the candidate),
+    with each bin's weight, Wilson intervals and tiny bins hollow (``monitor.charts``)."""
+    gate = report.get("gate") or {}
+    before = (gate.get("active") or {}).get("ece")
+    after = (gate.get("candidate") or {}).get("ece")
+    numbers = " · ".join(
+        f"{name} {value:.3f}" for name, value in (("before", before), ("after", after)) if value is not None
+    )
+    rows = report["data"]["validation_rows"]
+    where = "all segments" if report["segment"] == "*" else f"segment {report['segment']}"
+    title = f"{report['model']}, {where}: {report['outcome']}\n{rows:,} validation rows"
+    title += f", ECE {numbers}" if numbers else ""
+    curves = [
+        charts.Curve(name, label, report[key], colour)
+        for name, label, key, colour in (
+            ("before", f"before: {report['active']}", "reliability_before", charts.RAW_COLOUR),
+            ("after", f"after: {report.get('chosen') or 'candidate'}", "reliability_after",
+             charts.CALIBRATED_COLOUR),
+        )
+        if report.get(key)
+    ]  # fmt: skip
+    n_bins = len(report.get("reliability_before") or report.get("reliability_after") or []) or 15
+    return charts.reliability(chart_id, title, curves, n_bins)

@@ -10,7 +10,7 @@ same row and a feedback transaction labelling a row waits for the run that holds
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +19,7 @@ from sqlalchemy import Connection, delete, func, select, update
 
 from monitor.calibration.sketch import CalibrationSketch, Moment, grouped_moments
 from monitor.store.evidence import append_pending, label_sum_rows
+from monitor.store.history import fold_hours, rebuild_hours
 from monitor.store.schema import MOMENT_COLUMNS, needs_fold, predictions, sketch_bins
 from monitor.store.segments import CapOf, SegmentMap
 from monitor.vocabulary import Score
@@ -65,6 +66,7 @@ def aggregate_pending(
     cap_of: CapOf | None = None,
     evidence_bins: int | None = None,
     tolerance_of: Callable[[str], float] = lambda model: 0.02,
+    hour_bins: int | None = None,
 ) -> AggregationRun:
     """Fold up to ``limit`` rows needing work into the buckets; how many, and the deltas applied.
 
@@ -72,8 +74,7 @@ def aggregate_pending(
     ``other`` series (``store.segments``); without it every segment keeps its own. With
     ``evidence_bins``, the new labels' sums and bets (at ``tolerance_of(model)``) are also appended
     for the drift detectors (``store.evidence``) — never on a rebuild, whose labels were bet on when
-    first folded.
-    """
+    first folded. With ``hour_bins``, the hourly rollup too (``store.history``)."""
     query = (
         select(
             predictions.c.pk,
@@ -123,6 +124,10 @@ def aggregate_pending(
         moments = grouped_moments(group, len(groups), fine_bins, p, correct, new_prediction, new_label)
         deltas.extend(BucketDelta(m, s, score, b, moments[g]) for (m, s, b), g in groups.items())
     _upsert(conn, deltas)
+    if hour_bins is not None:
+        fold_hours(
+            conn, ((d.model, d.segment, d.score, d.bucket_start, d.moments) for d in deltas), hour_bins
+        )
     if evidence_bins is not None:
         scores = {score: p[new_label] for score, p in confidences.items()}
         rows_out = label_sum_rows(
@@ -154,8 +159,13 @@ _UPSERT = (
 )
 
 
-def _upsert(conn: Connection, deltas: Iterable[BucketDelta]) -> None:
-    """Add the deltas' non-empty bins to the stored buckets (driver executemany: ~1M rows/min)."""
+def _upsert(conn: Connection, deltas: list[BucketDelta], hour_bins: int | None = None) -> None:
+    """Add the deltas' non-empty bins to the stored buckets (driver executemany: ~1M rows/min), and
+    with ``hour_bins`` to the hourly rollup (``store.history``)."""
+    if hour_bins is not None:
+        fold_hours(
+            conn, [(d.model, d.segment, d.score, d.bucket_start, d.moments) for d in deltas], hour_bins
+        )
     params: list[tuple[object, ...]] = []
     for delta in deltas:
         occupied = np.flatnonzero((delta.moments[Moment.N] != 0) | (delta.moments[Moment.N_L] != 0))
@@ -181,12 +191,14 @@ def rebuild(
     batch: int = 200_000,
     since: float | None = None,
     cap_of: CapOf | None = None,
+    hour_bins: int | None = None,
 ) -> int:
     """Recompute buckets from raw rows (``calmon rebuild-aggregates``); rows folded.
 
     With ``since``, only the buckets starting after the bucket that holds ``since`` are recomputed:
     before the retention cutoff the raw rows are gone, and their buckets are the only record left.
-    Rows before that point keep their state (still-unfolded ones are folded as usual).
+    Rows before that point keep their state (still-unfolded ones are folded as usual). With
+    ``hour_bins``, the hourly rollup is then recomputed from all the buckets.
     """
     if since is None:
         conn.execute(delete(sketch_bins))
@@ -198,6 +210,8 @@ def rebuild(
     total = 0
     while run := aggregate_pending(conn, bucket_seconds, fine_bins, batch, cap_of).rows:
         total += run
+    if hour_bins is not None:
+        rebuild_hours(conn, hour_bins, fine_bins)
     return total
 
 

@@ -10,7 +10,14 @@ from sqlalchemy import Connection, func, insert, select
 from monitor.store.schema import events
 from monitor.vocabulary import EventKind
 
-__all__ = ["CALIBRATOR_CHANGES", "append_event", "calibrator_changes", "latest_event", "list_events"]
+__all__ = [
+    "CALIBRATOR_CHANGES",
+    "append_event",
+    "calibrator_changes",
+    "latest_event",
+    "latest_per_model",
+    "list_events",
+]
 
 
 def append_event(
@@ -52,18 +59,25 @@ def list_events(
         query = query.where(events.c.kind == kind)
     if before_id is not None:
         query = query.where(events.c.id < before_id)
-    return [
-        {
-            "id": r.id,
-            "ts": r.ts,
-            "kind": r.kind,
-            "model": r.model,
-            "segment": r.segment,
-            "calibrator_id": r.calibrator_id,
-            "payload": orjson.loads(r.payload),
-        }
-        for r in conn.execute(query)
-    ]
+    return [_event(r) for r in conn.execute(query)]
+
+
+def _event(r: Any) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "ts": r.ts,
+        "kind": r.kind,
+        "model": r.model,
+        "segment": r.segment,
+        "calibrator_id": r.calibrator_id,
+        "payload": orjson.loads(r.payload),
+    }
+
+
+def latest_per_model(conn: Connection) -> dict[str, dict[str, Any]]:
+    """Each model's newest event (the overview's "latest decision" column)."""
+    newest = select(func.max(events.c.id)).where(events.c.model.is_not(None)).group_by(events.c.model)
+    return {r.model: _event(r) for r in conn.execute(select(events).where(events.c.id.in_(newest)))}
 
 
 def latest_event(conn: Connection, model: str, segment: str) -> dict[str, Any] | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Mapping
 
 from sqlalchemy import Connection, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -16,9 +16,11 @@ def known_models(conn: Connection) -> set[str]:
     return {model for (model,) in conn.execute(select(models.c.model))}
 
 
-def register_models(conn: Connection, names: Iterable[str], now: float) -> None:
-    """Record new models (already-known ones are left as they are), in the caller's transaction."""
-    rows = [{"model": name, "created_at": now} for name in names]
+def register_models(conn: Connection, first_seen: Mapping[str, float]) -> None:
+    """Record new models with when they were first seen (the earliest prediction time of the batch
+    that brought them: the status page's history starts there); already-known ones are left as
+    they are. In the caller's transaction."""
+    rows = [{"model": name, "created_at": ts} for name, ts in first_seen.items()]
     if rows:
         dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
         conn.execute(dialect.insert(models).on_conflict_do_nothing(index_elements=["model"]), rows)

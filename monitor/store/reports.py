@@ -9,7 +9,7 @@ from sqlalchemy import Connection, insert, select
 
 from monitor.store.schema import calibrator_reports
 
-__all__ = ["load_report", "save_report"]
+__all__ = ["load_report", "reported", "save_report"]
 
 
 def save_report(
@@ -33,3 +33,13 @@ def load_report(conn: Connection, calibrator_id: int) -> tuple[dict[str, Any], s
         )
     ).first()
     return (orjson.loads(row.body_json), row.body_markdown) if row is not None else None
+
+
+def reported(conn: Connection, calibrator_ids: list[int]) -> set[int]:
+    """Which of these calibrators have a decision report (a page links only to those)."""
+    if not calibrator_ids:
+        return set()
+    query = select(calibrator_reports.c.calibrator_id).where(
+        calibrator_reports.c.calibrator_id.in_(calibrator_ids)
+    )
+    return {int(found) for found in conn.execute(query).scalars()}

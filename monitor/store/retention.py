@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import Connection, delete, select
 
-from monitor.store.schema import needs_fold, pending_feedback, predictions, sketch_bins
+from monitor.store.schema import needs_fold, pending_feedback, predictions, sketch_bins, sketch_hours
 
 __all__ = ["delete_expired_buckets", "delete_expired_pending", "delete_folded_predictions"]
 
@@ -28,4 +28,6 @@ def delete_expired_pending(conn: Connection, before: float) -> int:
 
 
 def delete_expired_buckets(conn: Connection, before: float) -> int:
+    """Buckets, and the hours (``store.history``) that start before ``before``."""
+    conn.execute(delete(sketch_hours).where(sketch_hours.c.hour_start < before))
     return conn.execute(delete(sketch_bins).where(sketch_bins.c.bucket_start < before)).rowcount

@@ -49,6 +49,7 @@ __all__ = [
     "predictions",
     "segments",
     "sketch_bins",
+    "sketch_hours",
     "snapshots",
 ]
 
@@ -107,6 +108,8 @@ models = Table(
     "models",
     metadata,
     Column("model", String(NAME_LENGTH), primary_key=True),
+    # first seen: the earliest prediction time in the batch that brought the model (history pages
+    # start there); rows written before the status page hold the arrival time instead
     Column("created_at", Float(precision=53), nullable=False),
 )
 
@@ -209,6 +212,24 @@ sketch_bins = Table(
     *(Column(name, Float(precision=53), nullable=False) for name in MOMENT_COLUMNS),
     PrimaryKeyConstraint("model", "segment", "score", "bucket_start", "bin"),
     Index(None, "bucket_start"),
+)
+
+# The same moments summed per hour (of bucket start) and per coarse bin (``bins`` = evaluation.ece_bins
+# when written), for pages that show a week of one series (``store.history``): ~100x fewer rows to
+# read than the 5-minute fine buckets. Written by the fold in its transaction; rebuilt from
+# ``sketch_bins`` with one set-based statement after a rebuild or when ``ece_bins`` changes.
+sketch_hours = Table(
+    "sketch_hours",
+    metadata,
+    Column("model", String(NAME_LENGTH), nullable=False),
+    Column("segment", String(NAME_LENGTH), nullable=False),
+    Column("score", String(16), nullable=False),
+    Column("hour_start", Float(precision=53), nullable=False),
+    Column("bins", SmallInteger, nullable=False),
+    Column("bin", SmallInteger, nullable=False),
+    *(Column(name, Float(precision=53), nullable=False) for name in MOMENT_COLUMNS),
+    PrimaryKeyConstraint("model", "segment", "score", "hour_start", "bins", "bin"),
+    Index(None, "hour_start"),
 )
 
 # Scheduler leadership: one row per lease name; the holder renews before it expires.

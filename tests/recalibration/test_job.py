@@ -194,7 +194,9 @@ def test_recalibrate_route_and_report_route(engine: Engine, labelled: Settings) 
         assert client.get("/v1/calibrators/999/report").status_code == 404
         picture = client.get(f"/v1/calibrators/{body['calibrator_id']}/report", params={"format": "svg"})
         assert picture.headers["content-type"] == "image/svg+xml"
-        assert picture.text.startswith("<svg") and picture.text.count("<circle") >= 4
+        assert picture.text.startswith("<svg") and 'id="report-reliability-after-bins"' in picture.text
+        after = picture.text.split('id="report-reliability-after-bins"', 1)[1].split("</g>", 1)[0]
+        assert after.count("<use ") >= 4  # one marker per labelled validation bin
         missing = client.post("/v1/models/empty/recalibrate")
         assert missing.status_code == 404 and missing.json()["field"] == "model"
         typo = client.post("/v1/models/nb/recalibrate", params={"segment": "defualt"})

@@ -1,0 +1,219 @@
+"""Charts as inline SVG, drawn by matplotlib on the server: no script and no asset from anywhere else.
+
+Figures are built with the object API (``matplotlib.figure.Figure``), never pyplot, so no global
+figure state is shared between requests; one lock still serialises rendering because matplotlib's
+text layout caches are not documented as thread-safe, and a chart takes ~25 ms.
+
+Honesty rules for reliability diagrams: a bin with no labelled rows is not drawn (its empty weight bar
+says so); a bin with fewer than ``TINY_BIN`` labels is drawn as a hollow marker, left out of the line,
+and every bin carries a 95% Wilson interval, so one or two rows never read as a confident point.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("svg")  # no display, no Agg raster: every chart is vector text
+matplotlib.rcParams["svg.fonttype"] = "none"  # <text> elements: smaller, selectable, searchable
+matplotlib.rcParams["svg.hashsalt"] = "calmon"  # stable ids: the same numbers draw the same bytes
+from matplotlib import dates as mdates  # noqa: E402  (after the backend is chosen)
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+__all__ = [
+    "CALIBRATED_COLOUR",
+    "RAW_COLOUR",
+    "TINY_BIN",
+    "Curve",
+    "EventMark",
+    "TimePoint",
+    "histogram",
+    "over_time",
+    "reliability",
+    "wilson",
+]
+
+TINY_BIN = 10  # labels below which a bin's accuracy is shown hollow and kept out of the line
+RAW_COLOUR = "#d62728"
+CALIBRATED_COLOUR = "#1f77b4"
+REFERENCE_COLOUR = "#7f7f7f"
+_LOCK = threading.Lock()
+_PREAMBLE = re.compile(r"\A.*?(?=<svg)", re.S)  # XML declaration and DOCTYPE: not valid inside HTML
+_METADATA = re.compile(r"<metadata>.*?</metadata>\s*", re.S)
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One line of a reliability diagram: the rows of ``ReliabilityTable.rows()``."""
+
+    name: str  # element ids and the legend: "raw", "calibrated", "before", "after"
+    label: str
+    rows: Sequence[dict[str, Any]]
+    colour: str
+
+
+@dataclass(frozen=True)
+class TimePoint:
+    start: float
+    predictions: int
+    labelled: int
+    ece: dict[str, float | None] = field(default_factory=dict)  # per score
+
+
+@dataclass(frozen=True)
+class EventMark:
+    ts: float
+    label: str
+    colour: str
+
+
+def wilson(correct: float, n: float, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion: sane at 0/1 successes and n = 1, unlike Wald's."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _svg(fig: Figure, chart_id: str, description: str) -> str:
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
+    body = _METADATA.sub("", _PREAMBLE.sub("", buffer.getvalue(), count=1), count=1)
+    title = description.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return body.replace(
+        "<svg ", f'<svg id="{chart_id}" class="chart" role="img" aria-label="{title}" ', 1
+    ).strip()
+
+
+def _figure(width: float, height: float, title_lines: int = 0, bottom: float = 0.55) -> Figure:
+    """A figure with fixed margins (in inches): a layout engine would cost a third of the render."""
+    fig = Figure(figsize=(width, height))
+    fig.subplots_adjust(left=0.75 / width, right=1 - 0.2 / width, bottom=bottom / height,
+                        top=1 - (0.15 + 0.22 * title_lines) / height, hspace=0.12 * 5 / height)  # fmt: skip
+    return fig
+
+
+TICKS = [i / 5 for i in range(6)]
+
+
+WEIGHT_HEIGHT = 0.18  # the tallest bin-weight bar, as a share of the accuracy axis
+
+
+def reliability(chart_id: str, title: str, curves: Sequence[Curve], n_bins: int) -> str:
+    """Accuracy against mean confidence per bin over the diagonal; each bin's labelled weight as a
+    bar along the bottom (tallest = the fullest bin, its count written on the chart).
+
+    One axes, not two: an axes costs ~19 ms to draw, and pages draw three charts. Each curve's bins
+    are two marker groups, ``{chart_id}-{curve}-bins`` (bins with at least ``TINY_BIN`` labels) and
+    ``{chart_id}-{curve}-tiny`` (hollow), so a drawing can be checked against its table.
+    """
+    with _LOCK:
+        fig = _figure(5.6, 5.2, title_lines=title.count("\n") + 1, bottom=0.62)
+        ax = fig.subplots()
+        ax.plot([0, 1], [0, 1], linestyle="--", color="#999999", linewidth=1, label="perfect calibration")
+        width = 1.0 / n_bins / max(1, len(curves))
+        tallest = max((r["count"] for c in curves for r in c.rows), default=0)
+        for k, curve in enumerate(curves):
+            _reliability_curve(ax, chart_id, curve)
+            if tallest:
+                heights = [WEIGHT_HEIGHT * r["count"] / tallest for r in curve.rows]
+                ax.bar([r["lower"] + k * width for r in curve.rows], heights, width=width, align="edge",
+                       color=curve.colour, alpha=0.25, zorder=1)  # fmt: skip
+        if tallest:
+            ax.text(0.99, WEIGHT_HEIGHT + 0.01, f"bars: labels per bin (tallest {tallest:,})", ha="right",
+                    fontsize="x-small", color="#555555")  # fmt: skip
+        ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy (fraction correct)", xticks=TICKS, yticks=TICKS)
+        note = f"hollow: fewer than {TINY_BIN} labels; whiskers: 95% Wilson interval"
+        ax.set_xlabel(f"mean confidence in bin  ({note})", fontsize="small")
+        ax.set_title(title, fontsize="medium")
+        ax.grid(True, color="#eeeeee")
+        ax.legend(loc="upper left", fontsize="small")
+        return _svg(fig, chart_id, title)
+
+
+def _reliability_curve(ax: Any, chart_id: str, curve: Curve) -> None:
+    drawn = [r for r in curve.rows if r["count"] and r["accuracy"] is not None]
+    solid = [r for r in drawn if r["count"] >= TINY_BIN]
+    tiny = [r for r in drawn if r["count"] < TINY_BIN]
+    ax.plot([r["mean_confidence"] for r in solid], [r["accuracy"] for r in solid], color=curve.colour,
+            linewidth=1.5, label=curve.label, zorder=2)  # fmt: skip
+    intervals = [wilson(r["accuracy"] * r["count"], r["count"]) for r in drawn]
+    ax.vlines([r["mean_confidence"] for r in drawn], [lo for lo, _ in intervals], [hi for _, hi in intervals],
+              color=curve.colour, alpha=0.45, linewidth=1, zorder=2)  # fmt: skip
+    for name, rows, face in (("bins", solid, curve.colour), ("tiny", tiny, "white")):
+        points = ax.scatter([r["mean_confidence"] for r in rows], [r["accuracy"] for r in rows], s=30,
+                            facecolors=face, edgecolors=curve.colour, zorder=3)  # fmt: skip
+        points.set_gid(f"{chart_id}-{curve.name}-{name}")
+
+
+def histogram(
+    chart_id: str, title: str, series: Sequence[tuple[str, list[float], list[float] | None, str]]
+) -> str:
+    """Share of predictions per confidence bin, each score's current period (filled) against its
+    reference period (dashed outline): (name, current counts, reference counts or None, colour)."""
+    with _LOCK:
+        fig = _figure(5.6, 3.6, title_lines=title.count("\n") + 1)
+        ax = fig.subplots()
+        for name, current, reference, colour in series:
+            edges = [i / len(current) for i in range(len(current) + 1)]
+            for values, label, fill in (
+                (current, f"{name}: current", True),
+                (reference, f"{name}: reference", False),
+            ):
+                total = sum(values or [])
+                if not values or not total:
+                    continue
+                shares = [v / total for v in values]
+                ax.stairs(shares, edges, label=label, color=colour, fill=fill, linewidth=1.5,
+                          alpha=0.3 if fill else 1.0, linestyle="-" if fill else "--")  # fmt: skip
+        ax.set(xlim=(0, 1), ylabel="share of predictions", xlabel="confidence", xticks=TICKS)
+        ax.set_title(title, fontsize="medium")
+        ax.legend(loc="upper left", fontsize="small")
+        return _svg(fig, chart_id, title)
+
+
+def over_time(chart_id: str, points: Sequence[TimePoint], marks: Sequence[EventMark], title: str) -> str:
+    """ECE per score and label coverage per period of prediction time, with decisions marked."""
+    with _LOCK:
+        fig = _figure(12.5, 4.8, title_lines=1)
+        top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
+        times = [datetime.fromtimestamp(p.start, UTC) for p in points]
+        for score, colour, width in (("raw", RAW_COLOUR, 3.0), ("calibrated", CALIBRATED_COLOUR, 1.5)):
+            xs = [t for t, p in zip(times, points, strict=True) if p.ece.get(score) is not None]
+            ys = [p.ece[score] for p in points if p.ece.get(score) is not None]
+            line = top.plot(xs, ys, marker="o", markersize=width + 1, color=colour, linewidth=width,
+                            alpha=0.55 if score == "raw" else 1.0, label=f"{score} ECE")  # fmt: skip
+            line[0].set_gid(f"{chart_id}-{score}-ece")
+        coverage = [p.labelled / p.predictions if p.predictions else 0.0 for p in points]
+        bottom.fill_between(times, coverage, step="post", color="#2ca02c", alpha=0.35)
+        bottom.step(times, coverage, where="post", color="#2ca02c", label="label coverage")
+        for mark in marks:
+            when = datetime.fromtimestamp(mark.ts, UTC)
+            for ax in (top, bottom):
+                ax.axvline(when, color=mark.colour, linewidth=1, linestyle=":")
+            top.annotate(mark.label, (when, 1), xycoords=("data", "axes fraction"), rotation=90,
+                         fontsize="x-small", color=mark.colour, va="top", ha="right")  # fmt: skip
+        top.set_ylabel("ECE")
+        top.set_title(title, fontsize="medium")
+        top.set_ylim(bottom=0)
+        top.grid(True, color="#eeeeee")
+        top.legend(loc="upper left", fontsize="small")
+        bottom.set(
+            ylabel="label coverage", ylim=(0, 1.05), xlabel="prediction time (UTC)", yticks=[0, 0.5, 1]
+        )
+        top.yaxis.set_major_locator(MaxNLocator(4))  # every tick costs ~1 ms to lay out
+        locator = mdates.AutoDateLocator(minticks=3, maxticks=7)  # type: ignore[no-untyped-call]
+        bottom.xaxis.set_major_locator(locator)
+        bottom.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
+        return _svg(fig, chart_id, title)

@@ -1,0 +1,1 @@
+"""The status page: what calmon sees, for a person, without Grafana (routes, views, templates)."""

@@ -1,0 +1,104 @@
+"""The charts of each page, titled with their numbers, and a small cache keyed by the evaluation.
+
+A page's charts change only when a new snapshot is published, so they are cached per snapshot
+(``created_at``) in a bounded LRU: a second look at a page costs no rendering.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import monitor.charts as charts
+from monitor.evaluation.windows import WindowStats
+from monitor.web.views import History, SeriesView
+
+__all__ = ["ChartCache", "ece_text", "series_charts"]
+
+
+class ChartCache:
+    """At most ``size`` rendered charts, least recently used out first."""
+
+    def __init__(self, size: int = 256):
+        self.size = size
+        self._lock = threading.Lock()
+        self._items: OrderedDict[tuple[Any, ...], str] = OrderedDict()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def get(self, key: tuple[Any, ...], render: Callable[[], str]) -> str:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        svg = render()
+        with self._lock:
+            self._items[key] = svg
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return svg
+
+
+def ece_text(stats: WindowStats | None) -> str:
+    if stats is None or stats.ece is None:
+        return "no labels"
+    interval = ""
+    if stats.ece_ci_lower is not None and stats.ece_ci_upper is not None:
+        interval = f" [{stats.ece_ci_lower:.3f}, {stats.ece_ci_upper:.3f}]"
+    return f"{stats.ece:.3f}{interval}"
+
+
+def series_charts(
+    view: SeriesView, cache: ChartCache, n_bins: int, load_history: Callable[[], History]
+) -> dict[str, str]:
+    """Reliability diagram, confidence histogram and history of one (model, segment, window); the
+    history is read (``load_history``) only when its chart is not cached for this evaluation."""
+    key = (view.evaluated_at, view.model, view.segment, view.window)
+    curves = [
+        charts.Curve(name, name, stats.reliability, colour)
+        for name, stats, colour in (
+            ("raw", view.raw, charts.RAW_COLOUR),
+            ("calibrated", view.calibrated, charts.CALIBRATED_COLOUR),
+        )
+        if stats is not None and stats.reliability
+    ]
+    labels = view.calibrated.labelled if view.calibrated else 0
+    title = (
+        f"calibrated ECE {ece_text(view.calibrated)}\nraw ECE {ece_text(view.raw)}\n"
+        f"{view.window} window, {labels:,} labels (95% bootstrap intervals)"
+    )
+    series = [
+        (name, stats.histogram, stats.reference_histogram or None, colour)
+        for name, stats, colour in (
+            ("raw", view.raw, charts.RAW_COLOUR),
+            ("calibrated", view.calibrated, charts.CALIBRATED_COLOUR),
+        )
+        if stats is not None
+    ]
+    histogram_title = f"Confidence, {view.window} window against its reference period"
+
+    def history_chart() -> str:
+        found = load_history()
+        title = f"ECE and label coverage by prediction time, per {_duration(found.step)} (sketch buckets)"
+        return charts.over_time("history", found.points, found.marks, title)
+
+    return {
+        "reliability": cache.get(
+            ("reliability", *key), lambda: charts.reliability("reliability", title, curves, n_bins)
+        ),
+        "histogram": cache.get(
+            ("histogram", *key), lambda: charts.histogram("histogram", histogram_title, series)
+        ),
+        "history": cache.get(("history", *key[:3]), history_chart),
+    }
+
+
+def _duration(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
