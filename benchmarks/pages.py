@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.ingest import machine, write_section  # noqa: E402
-from monitor.app import Daemon, build  # noqa: E402
+from monitor.app import Daemon, build, settle_heap  # noqa: E402
 from monitor.calibration.sketch import grouped_moments  # noqa: E402
 from monitor.config import Settings, load_settings  # noqa: E402
 from monitor.store.aggregates import BucketDelta, _upsert  # noqa: E402
@@ -118,6 +118,7 @@ def run(url: str, label: str, rate: int, repeat: int) -> list[str]:
     started = time.perf_counter()
     daemon.scheduler.evaluate_once()
     evaluate_s = time.perf_counter() - started
+    settle_heap()  # as ``calmon serve`` does once started
     paths = {
         "overview `/`": "/",
         "model page, model-wide, 1h": "/models/model-1",

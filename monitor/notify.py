@@ -35,7 +35,8 @@ def _summary(event: dict[str, Any]) -> str:
     where = "/".join(x for x in (event.get("model"), event.get("segment")) if x)
     payload = event.get("payload", {})
     detail = payload.get("reason") or payload.get("kind") or payload.get("error") or ""
-    return f"calmon {event['event']} {where}: {detail}".strip()
+    report = f" (decision report: {payload['report']})" if payload.get("report") else ""
+    return f"calmon {event['event']} {where}: {detail}{report}".strip()
 
 
 class Notifier:

@@ -83,6 +83,8 @@ class Recalibrator:
         if outcome.outcome == RecalibrationOutcome.PROMOTED:
             self._on_promoted()
         payload = {"trigger": trigger, "reason": outcome.reason, "calibrator_id": outcome.calibrator_id}
+        if outcome.calibrator_id is not None:  # the status page's decision report, under calmon's URL
+            payload["report"] = f"/reports/{outcome.calibrator_id}"
         self._notify(OUTCOME_EVENTS[outcome.outcome], outcome.model, outcome.segment, payload)
         return outcome
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import monitor.charts as charts
@@ -25,6 +26,10 @@ class ChartCache:
         self.size = size
         self._lock = threading.Lock()
         self._items: OrderedDict[tuple[Any, ...], str] = OrderedDict()
+
+    def __contains__(self, key: tuple[Any, ...]) -> bool:
+        with self._lock:
+            return key in self._items
 
     def clear(self) -> None:
         with self._lock:
@@ -52,11 +57,18 @@ def ece_text(stats: WindowStats | None) -> str:
     return f"{stats.ece:.3f}{interval}"
 
 
+# Reads a series' history while the page's other charts are drawn: the query waits on the database
+# (the GIL released), the drawing on the CPU. Two threads: two pages at once; more would only queue.
+HISTORY_READERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="calmon-history")
+HISTORY_TIMEOUT_SECONDS = 30.0
+
+
 def series_charts(
     view: SeriesView, cache: ChartCache, n_bins: int, load_history: Callable[[], History]
 ) -> dict[str, str]:
-    """Reliability diagram, confidence histogram and history of one (model, segment, window); the
-    history is read (``load_history``) only when its chart is not cached for this evaluation."""
+    """Reliability diagram, confidence histogram and history of one (model, segment, window). The
+    history is read (``load_history``, on its own connection) only when its chart is not cached for
+    this evaluation, and in the background while the other two charts are drawn."""
     key = (view.evaluated_at, view.model, view.segment, view.window)
     curves = [
         charts.Curve(name, name, stats.reliability, colour)
@@ -81,8 +93,11 @@ def series_charts(
     ]
     histogram_title = f"Confidence, {view.window} window against its reference period"
 
+    history_key = ("history", *key[:3])
+    pending = HISTORY_READERS.submit(load_history) if history_key not in cache else None
+
     def history_chart() -> str:
-        found = load_history()
+        found = pending.result(HISTORY_TIMEOUT_SECONDS) if pending is not None else load_history()
         title = f"ECE and label coverage by prediction time, per {_duration(found.step)} (sketch buckets)"
         return charts.over_time("history", found.points, found.marks, title)
 
@@ -93,7 +108,7 @@ def series_charts(
         "histogram": cache.get(
             ("histogram", *key), lambda: charts.histogram("histogram", histogram_title, series)
         ),
-        "history": cache.get(("history", *key[:3]), history_chart),
+        "history": cache.get(history_key, history_chart),
     }
 
 

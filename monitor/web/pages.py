@@ -91,10 +91,6 @@ def _gate(ctx: ContextDep, request: Request) -> Response | None:
     return None
 
 
-def _signed_in(ctx: ContextDep) -> bool:
-    return ctx.auth.enabled
-
-
 @router.get("/", response_class=HTMLResponse)
 def overview(ctx: ContextDep, request: Request) -> Response:
     if (refused := _gate(ctx, request)) is not None:
@@ -104,7 +100,8 @@ def overview(ctx: ContextDep, request: Request) -> Response:
         rows, recent = views.overview(snapshot, conn, ctx.settings)
     return render(
         "overview.html", rows=rows, recent=recent, snapshot=snapshot, windows=ctx.settings.evaluation.windows,
-        now=ctx.clock(), auth=_signed_in(ctx), interval=ctx.settings.evaluation.interval_seconds,
+        longest=views.longest_window(ctx.settings.evaluation.windows),
+        now=ctx.clock(), auth=ctx.auth.enabled, interval=ctx.settings.evaluation.interval_seconds,
     )  # fmt: skip
 
 
@@ -128,13 +125,15 @@ def model_page(
     assert snapshot is not None  # _unknown refuses a missing snapshot
     with ctx.engine.connect().execution_options(**READ_ONLY) as conn:
         view = views.series_view(snapshot, conn, ctx.settings, model, segment, window, now)
-        figures = series_charts(
-            view, CHARTS, ctx.settings.evaluation.ece_bins,
-            lambda: views.history(conn, ctx.settings, model, segment, now, view.events),
-        )  # fmt: skip
+
+    def load_history() -> views.History:
+        with ctx.engine.connect().execution_options(**READ_ONLY) as conn:
+            return views.history(conn, ctx.settings, model, segment, now, view.events)
+
+    figures = series_charts(view, CHARTS, ctx.settings.evaluation.ece_bins, load_history)
     return render(
         "model.html", view=view, charts={k: Markup(v) for k, v in figures.items()}, now=now,  # noqa: S704
-        auth=_signed_in(ctx), tolerance=ctx.settings.drift_for(model, segment).tolerance,
+        auth=ctx.auth.enabled, tolerance=ctx.settings.drift_for(model, segment).tolerance,
     )  # fmt: skip
 
 
@@ -165,7 +164,7 @@ def report_page(calibrator_id: CalibratorId, ctx: ContextDep, request: Request) 
     chart = CHARTS.get(("report", calibrator_id), lambda: report_svg(report))
     return render(
         "report.html", report=report, calibrator_id=calibrator_id, chart=Markup(chart),  # noqa: S704
-        advice=words.report_advice(report, calibrator_id), now=now, auth=_signed_in(ctx),
+        advice=words.report_advice(report, calibrator_id), now=now, auth=ctx.auth.enabled,
     )  # fmt: skip
 
 

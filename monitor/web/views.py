@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 import monitor.charts as charts
-from monitor.config import Settings
+from monitor.config import Settings, parse_duration
 from monitor.evaluation.snapshot import Snapshot
 from monitor.evaluation.windows import WindowStats
 from monitor.store import calibrators as calibrator_store
@@ -35,6 +35,8 @@ __all__ = [
     "ModelRow",
     "SeriesView",
     "history",
+    "judge",
+    "longest_window",
     "over_time_points",
     "overview",
     "series_view",
@@ -145,6 +147,11 @@ def coverage_of(stats: WindowStats | None) -> dict[str, Any]:
     }
 
 
+def longest_window(windows: Sequence[str]) -> str:
+    """Coverage and accuracy are shown for the longest window: the most labels to judge from."""
+    return max(windows, key=parse_duration)
+
+
 def overview(
     snapshot: Snapshot | None, conn: Connection, settings: Settings
 ) -> tuple[list[ModelRow], list[dict[str, Any]]]:
@@ -162,7 +169,7 @@ def overview(
         state, reasons = judge(stats, evidence, [d for d in snapshot.drift if d["model"] == model])
         wide = [e for e in evidence if e["segment"] == MODEL_WIDE and e["score"] == Score.CALIBRATED]
         calibrated = [e for e in evidence if e["score"] == Score.CALIBRATED]
-        longest = next((s for s in stats if s.segment == MODEL_WIDE and s.window == windows[-1]
+        longest = next((s for s in stats if s.segment == MODEL_WIDE and s.window == longest_window(windows)
                         and s.score == Score.CALIBRATED), None)  # fmt: skip
         record = active.get((model, MODEL_WIDE))
         rows.append(

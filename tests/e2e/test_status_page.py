@@ -31,6 +31,7 @@ scheduler: {lease_ttl_seconds: 3}
 logging: {access_log: false}
 """
 HOURS = 12
+PUBLISHED = {"overview.png", "model.png", "report.png"}  # the README's pictures (docs/images/)
 
 
 def post(url: str, route: str, key: str, records: list[dict[str, Any]]) -> None:
@@ -72,7 +73,7 @@ def save(page: Any, directory: Path, name: str) -> Path:
     path = directory / name
     page.screenshot(path=str(path), full_page=True)
     target = os.environ.get("CALMON_SCREENSHOTS")
-    if target:
+    if target and name in PUBLISHED:
         shutil.copy(path, Path(target) / name)
     return path
 

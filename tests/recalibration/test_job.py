@@ -170,7 +170,9 @@ def test_too_few_labels_is_a_failed_outcome_but_an_unknown_series_writes_nothing
 
 def test_recalibrate_route_and_report_route(engine: Engine, labelled: Settings) -> None:
     runs: list[tuple[Any, ...]] = []
-    recalibrator = Recalibrator(engine, labelled, ServiceMetrics(CollectorRegistry()), clock=lambda: NOW)
+    notified: list[tuple[Any, ...]] = []
+    recalibrator = Recalibrator(engine, labelled, ServiceMetrics(CollectorRegistry()),
+                                notify=lambda *event: notified.append(event), clock=lambda: NOW)  # fmt: skip
 
     class Recording:
         def run(
@@ -187,6 +189,8 @@ def test_recalibrate_route_and_report_route(engine: Engine, labelled: Settings) 
         assert body["outcome"] == "promoted"
         report = client.get(f"/v1/calibrators/{body['calibrator_id']}/report").json()
         assert report["calibrator_id"] == body["calibrator_id"] and report["version"] == "1"
+        (kind, _, _, payload) = notified[-1]  # the notification points at the decision report page
+        assert kind == "calibrator_promoted" and payload["report"] == f"/reports/{body['calibrator_id']}"
         md = client.get(f"/v1/calibrators/{body['calibrator_id']}/report", params={"format": "markdown"})
         assert md.headers["content-type"].startswith("text/markdown") and md.text.startswith(
             "# Recalibration"
