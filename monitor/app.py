@@ -36,7 +36,7 @@ from monitor.scheduler import Scheduler, SnapshotPublisher, default_instance_id
 from monitor.store.engine import create_store_engine
 from monitor.store.migrate import upgrade
 from monitor.telemetry import BinnedCounters, ServiceMetrics
-from monitor.web.pages import router as status_pages
+from monitor.web import pages as status_pages
 
 __all__ = ["Daemon", "StartupError", "build", "serve", "settle_heap"]
 
@@ -141,7 +141,7 @@ def build(
         recalibrator=recalibrator,
         notify=notifier.notify,
     )
-    app.include_router(status_pages)  # the status page: /, /models/{model}, /reports/{id}
+    status_pages.install(app)  # the status page: /, /models/{model}, /reports/{id}
     return Daemon(
         engine,
         app,

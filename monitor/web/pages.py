@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, FastAPI, Query, Request
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -26,7 +26,7 @@ from monitor.vocabulary import MODEL_WIDE
 from monitor.web import session, views, words
 from monitor.web.figures import ChartCache, ece_text, series_charts
 
-__all__ = ["CHARTS", "SECURITY_HEADERS", "router"]
+__all__ = ["SECURITY_HEADERS", "install", "router"]
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -39,7 +39,6 @@ SECURITY_HEADERS = {
 }
 
 router = APIRouter(include_in_schema=False)
-CHARTS = ChartCache()
 _ENV = Environment(
     loader=PackageLoader("monitor.web", "templates"),
     autoescape=select_autoescape(default=True),
@@ -72,6 +71,20 @@ def _pct(value: float | None) -> str:
 
 _ENV.filters.update(utc=_utc, num=_num, pct=_pct, ece=ece_text)
 _ENV.globals.update(ago=_ago, MODEL_WIDE=MODEL_WIDE, words=words)
+
+
+def install(app: FastAPI, charts: ChartCache | None = None) -> ChartCache:
+    """Serve the pages from ``app``, with its own chart cache (one per app: two daemons in one process
+    never see each other's charts); the cache is returned (benchmarks empty it)."""
+    cache = charts if charts is not None else ChartCache()
+    app.state.charts = cache
+    app.include_router(router)
+    return cache
+
+
+def _charts(request: Request) -> ChartCache:
+    found: ChartCache = request.app.state.charts
+    return found
 
 
 def render(template: str, status: int = 200, **values: Any) -> HTMLResponse:
@@ -130,7 +143,7 @@ def model_page(
         with ctx.engine.connect().execution_options(**READ_ONLY) as conn:
             return views.history(conn, ctx.settings, model, segment, now, view.events)
 
-    figures = series_charts(view, CHARTS, ctx.settings.evaluation.ece_bins, load_history)
+    figures = series_charts(view, _charts(request), ctx.settings.evaluation.ece_bins, load_history)
     return render(
         "model.html", view=view, charts={k: Markup(v) for k, v in figures.items()}, now=now,  # noqa: S704
         auth=ctx.auth.enabled, tolerance=ctx.settings.drift_for(model, segment).tolerance,
@@ -161,7 +174,7 @@ def report_page(calibrator_id: CalibratorId, ctx: ContextDep, request: Request) 
         message = f"no report for calibrator {calibrator_id}"
         return render("error.html", 404, title="Not found", message=message, now=now)
     report, _ = found
-    chart = CHARTS.get(("report", calibrator_id), lambda: report_svg(report))
+    chart = _charts(request).get(("report", calibrator_id), lambda: report_svg(report))
     return render(
         "report.html", report=report, calibrator_id=calibrator_id, chart=Markup(chart),  # noqa: S704
         advice=words.report_advice(report, calibrator_id), now=now, auth=ctx.auth.enabled,

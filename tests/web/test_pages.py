@@ -261,4 +261,6 @@ def test_before_the_first_evaluation_the_overview_says_what_to_do(engine: Engine
     daemon = build_daemon(engine, settings, Clock(START))
     with TestClient(daemon.app) as client:
         html = client.get("/").text
-    assert "No evaluation has run yet" in html and "POST /v1/predictions" in html
+    assert "No evaluation has run yet" in html and "calmon evaluates every 60 s" in html
+    other = build_daemon(engine, settings, Clock(START), "replica-b")
+    assert other.app.state.charts is not daemon.app.state.charts  # no chart crosses between daemons
