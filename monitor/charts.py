@@ -186,39 +186,45 @@ def histogram(
         return _svg(fig, chart_id, title)
 
 
+COVERAGE_STRIP = 0.3  # the label-coverage strip below the ECE axis, as a share of the ECE range
+
+
 def over_time(chart_id: str, points: Sequence[TimePoint], marks: Sequence[EventMark], title: str) -> str:
-    """ECE per score and label coverage per period of prediction time, with decisions marked."""
+    """ECE per score per period of prediction time, decisions marked, and label coverage as a strip
+    under the ECE axis (its own 0-100% scale, written on it): one axes, not two, for ~20 ms less."""
     with _LOCK:
-        fig = _figure(12.5, 4.8, title_lines=1)
-        top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
+        fig = _figure(12.5, 4.4, title_lines=1)
+        ax: Any = fig.subplots()  # datetimes on x: matplotlib's stubs type its data as floats
         times = [datetime.fromtimestamp(p.start, UTC) for p in points]
+        top = max([v for p in points for v in p.ece.values() if v is not None] + [0.01]) * 1.15
+        floor = -COVERAGE_STRIP * top
         for score, colour, width in (("raw", RAW_COLOUR, 3.0), ("calibrated", CALIBRATED_COLOUR, 1.5)):
             xs = [t for t, p in zip(times, points, strict=True) if p.ece.get(score) is not None]
             ys = [p.ece[score] for p in points if p.ece.get(score) is not None]
-            line = top.plot(xs, ys, marker="o", markersize=width + 1, color=colour, linewidth=width,
-                            alpha=0.55 if score == "raw" else 1.0, label=f"{score} ECE")  # fmt: skip
+            line = ax.plot(xs, ys, marker="o", markersize=width + 1, color=colour, linewidth=width,
+                           alpha=0.55 if score == "raw" else 1.0, label=f"{score} ECE")  # fmt: skip
             line[0].set_gid(f"{chart_id}-{score}-ece")
-        coverage = [p.labelled / p.predictions if p.predictions else 0.0 for p in points]
-        bottom.fill_between(times, coverage, step="post", color="#2ca02c", alpha=0.35)
-        bottom.step(times, coverage, where="post", color="#2ca02c", label="label coverage")
+        strip = [
+            floor + 0.9 * -floor * (p.labelled / p.predictions if p.predictions else 0.0) for p in points
+        ]
+        ax.fill_between(times, floor, strip, step="post", color="#2ca02c", alpha=0.3,
+                        label="label coverage")  # fmt: skip
+        ax.axhline(0, color="#777777", linewidth=0.8)
+        ax.text(0.002, 0.02, "label coverage: strip height 0-100%", transform=ax.transAxes,
+                fontsize="x-small", color="#2a6b2a")  # fmt: skip
         for mark in marks:
             when = datetime.fromtimestamp(mark.ts, UTC)
-            for ax in (top, bottom):
-                ax.axvline(when, color=mark.colour, linewidth=1, linestyle=":")
-            top.annotate(mark.label, (when, 1), xycoords=("data", "axes fraction"), rotation=90,
-                         fontsize="x-small", color=mark.colour, va="top", ha="right")  # fmt: skip
-        top.set_ylabel("ECE")
-        top.set_title(title, fontsize="medium")
-        top.set_ylim(bottom=0)
-        top.grid(True, color="#eeeeee")
-        top.legend(loc="upper left", fontsize="small")
-        bottom.set(
-            ylabel="label coverage", ylim=(0, 1.05), xlabel="prediction time (UTC)", yticks=[0, 0.5, 1]
-        )
-        top.yaxis.set_major_locator(MaxNLocator(4))  # every tick costs ~1 ms to lay out
+            ax.axvline(when, color=mark.colour, linewidth=1, linestyle=":")
+            ax.annotate(mark.label, (when, 1), xycoords=("data", "axes fraction"), rotation=90,
+                        fontsize="x-small", color=mark.colour, va="top", ha="right")  # fmt: skip
+        ax.set_title(title, fontsize="medium")
+        ax.set(ylabel="ECE", ylim=(floor, top), xlabel="prediction time (UTC)")
+        ax.set_yticks([t for t in MaxNLocator(4).tick_values(0, top) if 0 <= t <= top])
+        ax.grid(True, color="#eeeeee")
+        ax.legend(loc="upper left", fontsize="small")
         locator = mdates.AutoDateLocator(minticks=3, maxticks=7)  # type: ignore[no-untyped-call]
-        bottom.xaxis.set_major_locator(locator)
-        bottom.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
+        ax.xaxis.set_major_locator(locator)
+        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
         return _svg(fig, chart_id, title)
 
 
