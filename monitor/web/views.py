@@ -162,14 +162,19 @@ def overview(
     windows = settings.evaluation.windows
     active = {(r.model, r.segment): r for r in calibrator_store.all_active(conn)}
     latest = latest_per_model(conn)
+    stats_of, evidence_of, drift_of = (
+        _by_model(snapshot.stats),
+        _by_model(snapshot.evidence),
+        _by_model(snapshot.drift),
+    )
+    longest_name = longest_window(windows)
     rows = []
-    for model in sorted({s.model for s in snapshot.stats}):
-        stats = snapshot.for_model(model)
-        evidence = [e for e in snapshot.evidence if e["model"] == model]
-        state, reasons = judge(stats, evidence, [d for d in snapshot.drift if d["model"] == model])
+    for model in sorted(stats_of):
+        stats, evidence = stats_of[model], evidence_of.get(model, [])
+        state, reasons = judge(stats, evidence, drift_of.get(model, []))
         wide = [e for e in evidence if e["segment"] == MODEL_WIDE and e["score"] == Score.CALIBRATED]
         calibrated = [e for e in evidence if e["score"] == Score.CALIBRATED]
-        longest = next((s for s in stats if s.segment == MODEL_WIDE and s.window == longest_window(windows)
+        longest = next((s for s in stats if s.segment == MODEL_WIDE and s.window == longest_name
                         and s.score == Score.CALIBRATED), None)  # fmt: skip
         record = active.get((model, MODEL_WIDE))
         rows.append(
@@ -188,6 +193,15 @@ def overview(
         )
     rows.sort(key=lambda r: (_RANK[r.state], -r.strongest, -_ece_of(r), r.model))
     return rows, recent
+
+
+def _by_model(items: Sequence[Any]) -> dict[str, list[Any]]:
+    """Snapshot entries (WindowStats or dicts) per model, in one pass (not one pass per model)."""
+    grouped: dict[str, list[Any]] = {}
+    for item in items:
+        model = item["model"] if isinstance(item, dict) else item.model
+        grouped.setdefault(model, []).append(item)
+    return grouped
 
 
 def _ece_of(row: ModelRow) -> float:
