@@ -212,6 +212,7 @@ def serve(settings: Settings) -> None:
         access_log=settings.logging.access_log,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
         server_header=False,
+        root_path=settings.root_path,
     )
     settle_heap()
     daemon.notifier.start()

@@ -345,6 +345,8 @@ class Settings(BaseSettings):
     database_url: SecretStr = SecretStr("sqlite:///./calmon.db")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    # The path prefix a reverse proxy serves calmon under ("/calmon"): the status page's links keep it.
+    root_path: str = Field("", max_length=256, pattern=r"^(/[A-Za-z0-9._~-]+)*$")
     shutdown_grace_seconds: float = Field(30.0, ge=0)
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)

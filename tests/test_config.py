@@ -80,6 +80,8 @@ def test_yaml_then_env_then_overrides(config_file: Path, monkeypatch: pytest.Mon
         ("drift: {baseline_start: 100}", "drift"),
         ("drift: {baseline_start: 200, baseline_end: 100}", "drift"),
         ("models: {m: {segments: {s: {drift: {tolerance: 0.05}}}}}", "models.m.segments.s.drift"),
+        ("root_path: calmon/", "root_path"),
+        ("root_path: '/a/<b>'", "root_path"),
     ],
 )
 def test_invalid_config_names_the_key(tmp_path: Path, text: str, key: str) -> None:

@@ -87,8 +87,9 @@ def _charts(request: Request) -> ChartCache:
     return found
 
 
-def render(template: str, status: int = 200, **values: Any) -> HTMLResponse:
+def render(request: Request, template: str, status: int = 200, **values: Any) -> HTMLResponse:
     values.setdefault("now", time.time())
+    values.setdefault("base", session.base_of(request))  # links work under a proxy's path prefix
     body = _ENV.get_template(template).render(**values)
     return HTMLResponse(body, status_code=status, headers=SECURITY_HEADERS)
 
@@ -100,7 +101,10 @@ def _gate(ctx: ContextDep, request: Request) -> Response | None:
     except AuthError as exc:
         if exc.status == 401:
             return session.login_redirect(request)
-        return render("error.html", exc.status, title="Not allowed", message=exc.message, now=ctx.clock())
+        message = exc.message
+        return render(
+            request, "error.html", exc.status, title="Not allowed", message=message, now=ctx.clock()
+        )
     return None
 
 
@@ -111,9 +115,10 @@ def overview(ctx: ContextDep, request: Request) -> Response:
     snapshot = ctx.snapshots.get()
     with ctx.engine.connect().execution_options(**READ_ONLY) as conn:
         rows, recent = views.overview(snapshot, conn, ctx.settings)
+    windows = ctx.settings.evaluation.windows
     return render(
-        "overview.html", rows=rows, recent=recent, snapshot=snapshot, windows=ctx.settings.evaluation.windows,
-        longest=views.longest_window(ctx.settings.evaluation.windows),
+        request, "overview.html", rows=rows, recent=recent, snapshot=snapshot, windows=windows,
+        longest=views.longest_window(windows),
         now=ctx.clock(), auth=ctx.auth.enabled, interval=ctx.settings.evaluation.interval_seconds,
     )  # fmt: skip
 
@@ -134,7 +139,7 @@ def model_page(
     snapshot = ctx.snapshots.get()
     problem = _unknown(snapshot, model, segment, window, windows)
     if problem is not None:
-        return render("error.html", 404, title="Not found", message=problem, now=now)
+        return render(request, "error.html", 404, title="Not found", message=problem, now=now)
     assert snapshot is not None  # _unknown refuses a missing snapshot
     with ctx.engine.connect().execution_options(**READ_ONLY) as conn:
         view = views.series_view(snapshot, conn, ctx.settings, model, segment, window, now)
@@ -145,7 +150,7 @@ def model_page(
 
     figures = series_charts(view, _charts(request), ctx.settings.evaluation.ece_bins, load_history)
     return render(
-        "model.html", view=view, charts={k: Markup(v) for k, v in figures.items()}, now=now,  # noqa: S704
+        request, "model.html", view=view, charts={k: Markup(v) for k, v in figures.items()}, now=now,  # noqa: S704
         auth=ctx.auth.enabled, tolerance=ctx.settings.drift_for(model, segment).tolerance,
     )  # fmt: skip
 
@@ -172,43 +177,47 @@ def report_page(calibrator_id: CalibratorId, ctx: ContextDep, request: Request) 
     now = ctx.clock()
     if found is None:
         message = f"no report for calibrator {calibrator_id}"
-        return render("error.html", 404, title="Not found", message=message, now=now)
+        return render(request, "error.html", 404, title="Not found", message=message, now=now)
     report, _ = found
     chart = _charts(request).get(("report", calibrator_id), lambda: report_svg(report))
     return render(
-        "report.html", report=report, calibrator_id=calibrator_id, chart=Markup(chart),  # noqa: S704
+        request, "report.html", report=report, calibrator_id=calibrator_id, chart=Markup(chart),  # noqa: S704
         advice=words.report_advice(report, calibrator_id), now=now, auth=ctx.auth.enabled,
     )  # fmt: skip
 
 
 @router.get("/login", response_class=HTMLResponse)
-def login_form(ctx: ContextDep, next: str | None = Query(None, max_length=2048)) -> Response:
-    return render("login.html", target=session.safe_next(next), message=None, now=ctx.clock(),
+def login_form(
+    ctx: ContextDep, request: Request, next: str | None = Query(None, max_length=2048)
+) -> Response:
+    return render(request, "login.html", target=session.safe_next(next), message=None, now=ctx.clock(),
                   auth=False, tokens=ctx.auth.enabled)  # fmt: skip
 
 
 @router.post("/login", response_class=HTMLResponse)
 async def login(ctx: ContextDep, request: Request) -> Response:
     if request.headers.get("sec-fetch-site") == "cross-site":  # a login forced by another site
-        return render("error.html", 403, title="Not allowed", message="sign in from calmon's own page")
+        message = "sign in from calmon's own page"
+        return render(request, "error.html", 403, title="Not allowed", message=message)
     form = await session.read_login_form(request)
     if form is None:
-        return render("login.html", 400, target="/", message="send the sign-in form", tokens=ctx.auth.enabled)
+        message = "send the sign-in form"
+        return render(request, "login.html", 400, target="/", message=message, tokens=ctx.auth.enabled)
     token, target = form
     if not ctx.auth.enabled:
-        return RedirectResponse(target, status_code=303)
+        return RedirectResponse(session.base_of(request) + target, status_code=303)
     try:
         session.check(ctx.auth, token)
     except AuthError as exc:
-        return render("login.html", exc.status, target=target, message=exc.message, tokens=True)
-    response = RedirectResponse(target, status_code=303)
+        return render(request, "login.html", exc.status, target=target, message=exc.message, tokens=True)
+    response = RedirectResponse(session.base_of(request) + target, status_code=303)
     session.set_session(response, token, secure=request.url.scheme == "https")
     return response
 
 
 @router.post("/logout")
-def logout() -> Response:
-    response = RedirectResponse("/login", status_code=303)
+def logout(request: Request) -> Response:
+    response = RedirectResponse(session.base_of(request) + "/login", status_code=303)
     response.delete_cookie(session.COOKIE, path="/", httponly=True, samesite="strict")
     return response
 
@@ -220,8 +229,8 @@ STATIC = {  # the only assets: read once from the package, served from here
 
 
 @router.get("/static/{name}")
-def static(name: str) -> Response:
+def static(name: str, request: Request) -> Response:
     if name not in STATIC:
-        return render("error.html", 404, title="Not found", message=f"no asset {name!r}")
+        return render(request, "error.html", 404, title="Not found", message=f"no asset {name!r}")
     body, media = STATIC[name]
     return Response(body, media_type=media, headers={"Cache-Control": "max-age=3600"})

@@ -23,7 +23,9 @@ __all__ = [
     "COOKIE",
     "COOKIE_SECONDS",
     "LOGIN_BODY_LIMIT",
+    "app_path",
     "authorize_page",
+    "base_of",
     "check",
     "login_redirect",
     "read_login_form",
@@ -63,9 +65,22 @@ def safe_next(target: str | None) -> str:
     return target
 
 
+def base_of(request: Request) -> str:
+    """The path prefix a reverse proxy serves calmon under (ASGI ``root_path``), or ""."""
+    return str(request.scope.get("root_path") or "").rstrip("/")
+
+
+def app_path(request: Request) -> str:
+    """The request's path and query within calmon (servers differ on whether ``path`` holds the prefix)."""
+    base, path = base_of(request), request.url.path
+    if base and (path == base or path.startswith(base + "/")):
+        path = path[len(base) :] or "/"
+    return path + (f"?{request.url.query}" if request.url.query else "")
+
+
 def login_redirect(request: Request) -> Response:
-    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    return RedirectResponse(f"/login?next={quote(safe_next(target), safe='/')}", status_code=303)
+    target = quote(safe_next(app_path(request)), safe="/")
+    return RedirectResponse(f"{base_of(request)}/login?next={target}", status_code=303)
 
 
 async def read_login_form(request: Request) -> tuple[str, str] | None:

@@ -4,6 +4,7 @@ opens pages only, nothing leads off this server, and a hostile form gets a 4xx."
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -91,3 +92,20 @@ def test_hostile_sign_in_forms_get_a_4xx(client: TestClient) -> None:
     client.cookies.set("calmon_session", "zz" * 32)
     forged = client.get("/", follow_redirects=False)
     assert forged.status_code == 303
+
+
+def test_behind_a_path_prefix_every_link_and_redirect_keeps_it(
+    engine: Engine, make_settings: Callable[..., Settings]
+) -> None:
+    settings = make_settings(auth={"tokens": [{"name": "viewer", "token": READER, "scopes": ["read"]}]})
+    app = build_daemon(engine, settings, Clock()).app
+    with TestClient(app, base_url="http://127.0.0.1", root_path="/calmon") as client:
+        away = client.get("/models/m?window=1h", follow_redirects=False)
+        assert away.headers["location"] == "/calmon/login?next=/models/m%3Fwindow%3D1h"
+        form = client.get("/login").text
+        assert 'action="/calmon/login"' in form and 'href="/calmon/static/calmon.css"' in form
+        signed = client.post("/login", data={"token": READER, "next": "/models/m"}, follow_redirects=False)
+        assert signed.headers["location"] == "/calmon/models/m"
+        page = client.get("/").text
+        links = re.findall(r'(?:href|src|action)="([^"]*)"', page)
+        assert links and all(link.startswith("/calmon/") for link in links), links
