@@ -48,7 +48,6 @@ __all__ = [
 TINY_BIN = 10  # labels below which a bin's accuracy is shown hollow and kept out of the line
 RAW_COLOUR = "#d62728"
 CALIBRATED_COLOUR = "#1f77b4"
-REFERENCE_COLOUR = "#7f7f7f"
 _LOCK = threading.Lock()
 _PREAMBLE = re.compile(r"\A.*?(?=<svg)", re.S)  # XML declaration and DOCTYPE: not valid inside HTML
 _METADATA = re.compile(r"<metadata>.*?</metadata>\s*", re.S)
@@ -103,7 +102,7 @@ def _figure(width: float, height: float, title_lines: int = 0, bottom: float = 0
     """A figure with fixed margins (in inches): a layout engine would cost a third of the render."""
     fig = Figure(figsize=(width, height))
     fig.subplots_adjust(left=0.75 / width, right=1 - 0.2 / width, bottom=bottom / height,
-                        top=1 - (0.15 + 0.22 * title_lines) / height, hspace=0.12 * 5 / height)  # fmt: skip
+                        top=1 - (0.15 + 0.22 * title_lines) / height)  # fmt: skip
     return fig
 
 

@@ -10,7 +10,7 @@ same row and a feedback transaction labelling a row waits for the run that holds
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -159,13 +159,8 @@ _UPSERT = (
 )
 
 
-def _upsert(conn: Connection, deltas: list[BucketDelta], hour_bins: int | None = None) -> None:
-    """Add the deltas' non-empty bins to the stored buckets (driver executemany: ~1M rows/min), and
-    with ``hour_bins`` to the hourly rollup (``store.history``)."""
-    if hour_bins is not None:
-        fold_hours(
-            conn, [(d.model, d.segment, d.score, d.bucket_start, d.moments) for d in deltas], hour_bins
-        )
+def _upsert(conn: Connection, deltas: Iterable[BucketDelta]) -> None:
+    """Add the deltas' non-empty bins to the stored buckets (driver executemany: ~1M rows/min)."""
     params: list[tuple[object, ...]] = []
     for delta in deltas:
         occupied = np.flatnonzero((delta.moments[Moment.N] != 0) | (delta.moments[Moment.N_L] != 0))

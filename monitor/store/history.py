@@ -19,12 +19,11 @@ import numpy as np
 from sqlalchemy import BigInteger, Connection, cast, delete, func, insert, literal, select
 
 from monitor.calibration.sketch import CalibrationSketch, Moment
-from monitor.store.schema import MOMENT_COLUMNS, models, sketch_bins, sketch_hours
+from monitor.store.schema import MOMENT_COLUMNS, sketch_bins, sketch_hours
 
 __all__ = [
     "HOUR",
     "ensure_hours",
-    "first_seen",
     "fold_hours",
     "rebuild_hours",
     "sketch_history",
@@ -38,12 +37,6 @@ _UPSERT = (
     "VALUES ({marks}) ON CONFLICT (model, segment, score, hour_start, bins, bin) DO UPDATE SET "
     + ", ".join(f"{c} = sketch_hours.{c} + excluded.{c}" for c in MOMENT_COLUMNS)
 )
-
-
-def first_seen(conn: Connection, model: str) -> float | None:
-    """When the model was first seen (its ``models`` row): cheap, unlike a min over its buckets."""
-    found = conn.execute(select(models.c.created_at).where(models.c.model == model)).scalar()
-    return None if found is None else float(found)
 
 
 def fold_hours(

@@ -9,7 +9,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from monitor.store.schema import models
 
-__all__ = ["known_models", "register_models"]
+__all__ = ["first_seen", "known_models", "register_models"]
 
 
 def known_models(conn: Connection) -> set[str]:
@@ -24,3 +24,9 @@ def register_models(conn: Connection, first_seen: Mapping[str, float]) -> None:
     if rows:
         dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
         conn.execute(dialect.insert(models).on_conflict_do_nothing(index_elements=["model"]), rows)
+
+
+def first_seen(conn: Connection, model: str) -> float | None:
+    """When the model was first seen (its ``created_at``): cheap, unlike a min over its buckets."""
+    found = conn.execute(select(models.c.created_at).where(models.c.model == model)).scalar()
+    return None if found is None else float(found)

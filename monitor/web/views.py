@@ -21,7 +21,8 @@ from monitor.evaluation.windows import WindowStats
 from monitor.store import calibrators as calibrator_store
 from monitor.store.events import latest_per_model, list_events
 from monitor.store.evidence import PAIRED
-from monitor.store.history import HOUR, first_seen, sketch_history
+from monitor.store.history import HOUR, sketch_history
+from monitor.store.models import first_seen
 from monitor.store.reports import reported
 from monitor.store.segments import load_positions
 from monitor.vocabulary import MODEL_WIDE, OTHER_SEGMENT, DriftKind, EventKind, Score

@@ -92,12 +92,11 @@ def fed(engine: Engine, settings: Settings) -> Iterator[Fed]:
 
 
 class Links(HTMLParser):
-    """Every URL an HTML page refers to (href, src, action, and CSS url()), and inline SVG ids."""
+    """Every URL an HTML page refers to (href, src, action, and CSS url())."""
 
     def __init__(self) -> None:
         super().__init__()
         self.urls: list[str] = []
-        self.ids: dict[str, dict[str, str | None]] = {}
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         found = dict(attrs)
@@ -106,8 +105,6 @@ class Links(HTMLParser):
                 self.urls.append(str(found[name]))
         for value in re.findall(r"url\(([^)]*)\)", found.get("style") or ""):
             self.urls.append(value)
-        if found.get("id"):
-            self.ids[str(found["id"])] = found
 
 
 def parse(html: str) -> Links:
