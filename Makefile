@@ -4,36 +4,42 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test lint format typecheck services bench clean
+.PHONY: run demo test lint format typecheck services bench clean
 
-$(VENV)/.installed: pyproject.toml
+CLIENT := clients/python
+
+$(VENV)/.installed: pyproject.toml $(CLIENT)/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q -e $(CLIENT) -e .
 	touch $@
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CLIENT)/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '$(CLIENT)[test]' -e '.[dev]'
 	touch $(VENV)/.installed $@
 
 run: $(VENV)/.installed
 	$(VENV)/bin/calmon serve
 
+demo: $(VENV)/.installed
+	$(VENV)/bin/calmon demo
+
 services:
 	@bash .ci/ensure-services
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check monitor tests benchmarks
-	$(VENV)/bin/ruff format --check monitor tests benchmarks
+	$(VENV)/bin/ruff check monitor tests benchmarks $(CLIENT)
+	$(VENV)/bin/ruff format --check monitor tests benchmarks $(CLIENT)
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format monitor tests benchmarks
-	$(VENV)/bin/ruff check --fix monitor tests benchmarks
+	$(VENV)/bin/ruff format monitor tests benchmarks $(CLIENT)
+	$(VENV)/bin/ruff check --fix monitor tests benchmarks $(CLIENT)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy monitor
+	cd $(CLIENT) && ../../$(VENV)/bin/mypy src
 
 test: $(STAMP) services lint typecheck
 	$(VENV)/bin/pytest
