@@ -120,11 +120,34 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument(
         "--no-evaluations", action="store_true", help="leave the per-evaluation rows out of the JSON"
     )
+    _demo_options(
+        verb(
+            "demo",
+            _demo,
+            "start a daemon and stream realistic traffic with a drift: watch calmon alarm, refit and recover",
+            database=False,
+        )
+    )
     db = verb("db", _db, "schema migrations")
     db.add_argument(
         "action", choices=["upgrade", "current"], help="apply the migrations, or show the revision"
     )
     return parser
+
+
+def _demo_options(demo: argparse.ArgumentParser) -> None:
+    demo.add_argument(
+        "--database-url", help="database of the started daemon (default: a temporary SQLite file)"
+    )
+    demo.add_argument("--speed", type=_positive, default=1.0, help="run the story this many times faster")
+    demo.add_argument(
+        "--duration", type=_positive, default=300.0, help="give up after this many seconds (at --speed 1)"
+    )
+    demo.add_argument("--seed", type=int, default=0, help="seed of the simulated traffic")
+    demo.add_argument("--url", help="send to this running calmon instead of starting one")
+    demo.add_argument("--token", help="bearer token for --url (default: $CALMON_TOKEN)")
+    demo.add_argument("--port", type=int, help="port of the started daemon (default: a free one)")
+    demo.add_argument("--exit", action="store_true", help="stop when the story is told (default: keep going)")
 
 
 def _dashboard_options(dash: argparse.ArgumentParser) -> None:
@@ -139,6 +162,34 @@ def _dashboard_options(dash: argparse.ArgumentParser) -> None:
     dash.add_argument(
         "--only", action="append", help="push: only this dashboard uid (repeatable; default: all)"
     )
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return value
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        import calmon_client  # noqa: F401
+    except ImportError:
+        print("calmon demo sends through the client package: pip install ./clients/python", file=sys.stderr)
+        return 2
+    from monitor.demo.script import DemoOptions, run_demo
+
+    options = DemoOptions(
+        speed=args.speed,
+        duration=args.duration,
+        seed=args.seed,
+        url=args.url,
+        token=args.token or os.environ.get("CALMON_TOKEN"),
+        database_url=args.database_url,
+        port=args.port,
+        stay=not args.exit,
+    )
+    return run_demo(options)
 
 
 def _settings(args: argparse.Namespace) -> Settings:

@@ -55,6 +55,7 @@ ALLOWED: dict[str, set[str]] = {
     "logsetup": set(),
     "alerting": set(),
     "replay": {"app", "collector", "config", "evaluation", "recalibration", "store"},
+    "demo": {"config"},  # talks to the daemon over HTTP only, through the client package
 }
 WIRING = {"app", "cli", "__main__", "__init__"}  # may import anything (only __main__ imports cli)
 

@@ -197,8 +197,11 @@ class DriftPolicy:
 def drift_targets(events: list[DriftEvent]) -> list[tuple[str, str]]:
     """The series to recalibrate for this tick's drift events: one run per drifting series (the
     policy's cooldown keeps it to one per episode), only for calibration kinds (a label-free shift
-    alone cannot be fitted), and when a model drifts model-wide, only the model-wide run: its
-    segments are judged again against the fix instead of racing it."""
+    alone cannot be fitted). When a model drifts model-wide and some of its segments drift in the
+    same tick, only those segments: the model-wide drift is their share of the traffic showing, and
+    a model-wide fit would move the healthy segments too (``calmon demo`` showed it refused by the
+    gate, with the cooldown then blocking the segment's own fix for an hour). A model-wide drift
+    with no drifting segment (spread thinly over many) gets the model-wide run."""
     drifting = {(e.model, e.segment) for e in events if e.kind in RECALIBRATE_ON}
-    model_wide = {model for model, segment in drifting if segment == MODEL_WIDE}
-    return sorted((m, s) for m, s in drifting if s == MODEL_WIDE or m not in model_wide)
+    with_segments = {model for model, segment in drifting if segment != MODEL_WIDE}
+    return sorted((m, s) for m, s in drifting if s != MODEL_WIDE or m not in with_segments)

@@ -155,7 +155,7 @@ def test_overconfident_model_raises_drift_events_and_gauge(
     assert sample("calmon_drift_detected", exposition, model="honest", **labels) == 0.0
 
 
-def test_drift_targets_prefer_the_model_wide_run() -> None:
+def test_drift_targets_prefer_the_drifting_segments_to_the_model_wide_run() -> None:
     from monitor.evaluation.policy import DriftEvent, drift_targets
 
     def event(model: str, segment: str, kind: str = "calibration") -> DriftEvent:
@@ -168,8 +168,12 @@ def test_drift_targets_prefer_the_model_wide_run() -> None:
         event("b", "y"),
         event("c", "z", "confidence_shift"),
         event("d", "*", "raw_calibration"),
+        event("e", "*"),
+        event("e", "v", "confidence_shift"),
     ]
-    assert drift_targets(events) == [("a", "*"), ("b", "y")]
+    # a: the drifting segment, not the model-wide fit that would move its healthy neighbours too;
+    # e: model-wide drift with no segment drifting on a calibration kind gets the model-wide run
+    assert drift_targets(events) == [("a", "x"), ("b", "y"), ("e", "*")]
 
 
 def test_a_window_that_mixes_calibrators_is_not_judged_on_the_calibrated_score() -> None:

@@ -28,8 +28,9 @@ class Daemon:
         env: dict[str, str] | None = None,
         extra_args: Sequence[str] = (),
         log_path: Path | None = None,
+        port: int | None = None,
     ):
-        self.port = free_port()
+        self.port = port or free_port()  # a port of a killed predecessor: a restart at the same address
         self.base_url = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "monitor"]
         if config is not None:
@@ -45,7 +46,7 @@ class Daemon:
             *extra_args,
         ]
         self.log_path = log_path
-        self._log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
+        self._log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
             command, stdout=self._log, stderr=self._log, env={**os.environ, **(env or {})}
         )

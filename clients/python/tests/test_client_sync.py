@@ -112,6 +112,35 @@ def test_logging_never_waits_while_calmon_is_down_and_a_full_queue_drops_the_old
     assert caplog.text.count("calmon unavailable") == 1  # one outage, one line, however many retries
 
 
+def test_the_queue_is_bounded_in_bytes_too(dead_url: str) -> None:
+    client = Client(
+        dead_url, max_queue=1_000_000, max_queue_bytes=1_000_000, flush_interval=60, flush_at_exit=None
+    )
+    try:
+        for i in range(100):  # ~26 KB each: 2.6 MB offered, at most 1 MB kept
+            client.log_prediction("m", str(i), token_logprobs=[-0.123456789] * 2000)
+        assert client.queue.bytes <= 1_000_000 and client.stats().dropped >= 60
+        assert client.stats().queued + client.stats().dropped == 100
+    finally:
+        client.close(0.1)
+
+
+def test_a_record_json_cannot_hold_is_counted_and_logged_never_raised(
+    standin: ScriptedStandin, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        caplog.at_level(logging.WARNING, "calmon_client"),
+        Client(standin.url, flush_interval=0.05) as client,
+    ):
+        client.log_prediction("m", "nan", confidence=float("nan"))
+        client.log_prediction("m", "inf", logits=[float("inf"), 0.0])
+        client.log_prediction("m", "ok", confidence=0.5)
+        assert client.flush(5)
+        assert (client.stats().rejected, client.stats().delivered) == (2, 1)
+    assert [r["id"] for r in standin.records()] == ["ok"]
+    assert caplog.text.count("dropped a record that is not JSON") == 1
+
+
 def test_close_gives_up_within_its_timeout_and_counts_what_it_lost(dead_url: str) -> None:
     client = Client(dead_url, flush_interval=0.01, retry=RetryPolicy(initial=5, max_backoff=5))
     for i in range(10):

@@ -34,7 +34,8 @@ class Client(ClientCore):
 
     ``timeout`` bounds a background request, ``calibrate_timeout`` an inline one (then the raw score
     is returned as ``Calibrated(fallback=True)`` and inline calls skip calmon for ``breaker_seconds``).
-    ``max_queue`` bounds memory: beyond it the oldest records are dropped and counted.
+    ``max_queue`` records and ``max_queue_bytes`` bound memory: beyond either, the oldest records are
+    dropped and counted.
     """
 
     def __init__(
@@ -45,6 +46,7 @@ class Client(ClientCore):
         batch_size: int = 500,
         flush_interval: float = 1.0,
         max_queue: int = 100_000,
+        max_queue_bytes: int = 64 * 2**20,
         timeout: float = 10.0,
         calibrate_timeout: float = 0.5,
         breaker_seconds: float = 5.0,
@@ -59,6 +61,7 @@ class Client(ClientCore):
             batch_size=batch_size,
             flush_interval=flush_interval,
             max_queue=max_queue,
+            max_queue_bytes=max_queue_bytes,
             timeout=timeout,
             calibrate_timeout=calibrate_timeout,
             breaker_seconds=breaker_seconds,

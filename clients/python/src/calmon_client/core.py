@@ -55,6 +55,7 @@ class ClientCore:
         batch_size: int,
         flush_interval: float,
         max_queue: int,
+        max_queue_bytes: int,
         timeout: float,
         calibrate_timeout: float,
         breaker_seconds: float,
@@ -73,7 +74,7 @@ class ClientCore:
         self.aggregation = token_aggregation
         self.counters = Counters()
         self.once = OnceLog()
-        self.queue = RecordQueue(max_queue, self.counters)
+        self.queue = RecordQueue(max_queue, max_queue_bytes, self.counters)
         self.breaker = Breaker(breaker_seconds)
         self.in_flight: int | None = None  # sequence number of the oldest record being delivered
         self.deadline: float | None = None  # monotonic time at which close() gives up
@@ -148,5 +149,17 @@ class ClientCore:
         return InlineAnswer(self.fallback(record, f"calmon unreachable: {type(error).__name__}"), retry=True)
 
     def queue_record(self, path: str, record: dict[str, Any]) -> bool:
-        """Queue a record; True when a full batch is waiting (wake the sender)."""
-        return self.queue.put(path, record) >= self.batch_size
+        """Queue a record, encoded now (a record JSON cannot hold, NaN say, is counted as rejected
+        and logged once, never raised into the app); True when a full batch waits (wake the sender)."""
+        try:
+            body = encode(record)
+        except (TypeError, ValueError) as exc:
+            self.counters.add(rejected=1)
+            self.once.warning(
+                f"encode:{path}",
+                "calmon_client: dropped a record that is not JSON (%s): %s",
+                exc,
+                {k: record.get(k) for k in ("model", "id")},
+            )
+            return False
+        return self.queue.put(path, body) >= self.batch_size

@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from calmon_client.records import encode
 from calmon_client.results import Counters
 
 __all__ = ["FEEDBACK", "PREDICTION", "Delivery", "OnceLog", "RetryPolicy", "retry_after"]
@@ -105,7 +104,7 @@ class Delivery:
 
     def __init__(
         self,
-        items: Iterable[tuple[str, dict[str, Any]]],
+        items: Iterable[tuple[str, bytes]],
         counters: Counters,
         once: OnceLog,
         policy: RetryPolicy,
@@ -115,17 +114,8 @@ class Delivery:
         self._policy = policy
         self.attempt = 0  # failed attempts of the current request
         parts: dict[str, list[bytes]] = {PREDICTION: [], FEEDBACK: []}
-        for path, record in items:
-            try:
-                parts[path].append(encode(record))
-            except (TypeError, ValueError) as exc:  # NaN, infinity, an object JSON cannot hold
-                counters.add(rejected=1)
-                once.warning(
-                    f"encode:{path}",
-                    "calmon_client: dropped a record that is not JSON (%s): %s",
-                    exc,
-                    {k: record.get(k) for k in ("model", "id")},
-                )
+        for path, body in items:
+            parts[path].append(body)
         self._chunks = deque(_Chunk(path, p) for path, p in parts.items() if p)
 
     @property
