@@ -32,10 +32,11 @@ def demo_config(speed: float) -> tuple[str, str, str]:
     short = duration_name(max(10, round(90 / speed)))
     long = duration_name(max(60, round(1800 / speed)))
     bucket = max(1, round(5 / speed))
+    cooldown = max(10, round(60 / speed))  # a refused candidate is tried again within the story
     config = f"""# written by `calmon demo`: windows and timings scaled for a demo at --speed {speed:g}
 evaluation:
   {{interval_seconds: 1, windows: [{short}, {long}], bucket_seconds: {bucket}, bootstrap_draws: 100}}
-drift: {{min_labelled: 200}}
+drift: {{min_labelled: 200, cooldown_seconds: {cooldown}}}
 recalibration: {{min_rows: 500, max_rows: 5000, serving_refresh_seconds: 1, bootstrap_draws: 200}}
 scheduler: {{lease_ttl_seconds: 3, recalibration_poll_seconds: 0.5}}
 logging: {{access_log: false, format: text}}

@@ -178,6 +178,15 @@ def _show_metrics(http: httpx.Client, window: str, say: Callable[[str], None]) -
     say("in /metrics (what Prometheus scrapes):")
     for line in lines[:6]:
         say(f"    {line}")
+    calibrators = http.get("/v1/calibrators").json()["calibrators"]
+    serving = [
+        f"{c['model']}/{c['segment']} {c['method']} v{c['version']}"
+        for c in calibrators
+        if c["status"] == "active"
+    ]
+    say(
+        f"serving calibrators: {', '.join(serving) or 'none'}; every other series is served as sent (identity)"
+    )
 
 
 def _inline_example(client: Any, say: Callable[[str], None]) -> None:

@@ -109,8 +109,8 @@ class Watcher:
         if event["kind"] == "calibrator_rejected":
             return Milestone(
                 "refused",
-                f"a candidate calibrator for {where} failed its validation gate "
-                "(calmon keeps serving the old one; it will try again)",
+                f"a candidate calibrator for {where} failed its validation gate (calmon keeps serving "
+                "the old one, and tries again if the drift persists past its cooldown)",
                 f"/reports/{event['calibrator_id']}",
             )
         return None

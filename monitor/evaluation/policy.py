@@ -23,7 +23,8 @@ it crossed on ``consecutive`` evaluations in a row (evidence alarms at once); an
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -194,14 +195,36 @@ class DriftPolicy:
         return active, events
 
 
-def drift_targets(events: list[DriftEvent]) -> list[tuple[str, str]]:
+def drift_targets(
+    events: list[DriftEvent],
+    segments: Mapping[str, AbstractSet[str]] | None = None,
+    active: AbstractSet[tuple[str, str]] = frozenset(),
+) -> list[tuple[str, str]]:
     """The series to recalibrate for this tick's drift events: one run per drifting series (the
     policy's cooldown keeps it to one per episode), only for calibration kinds (a label-free shift
-    alone cannot be fitted). When a model drifts model-wide and some of its segments drift in the
-    same tick, only those segments: the model-wide drift is their share of the traffic showing, and
-    a model-wide fit would move the healthy segments too (``calmon demo`` showed it refused by the
-    gate, with the cooldown then blocking the segment's own fix for an hour). A model-wide drift
-    with no drifting segment (spread thinly over many) gets the model-wide run."""
+    alone cannot be fitted).
+
+    A model-wide drift gets the model-wide run, whose calibrator serves every segment without its
+    own, unless only some of the model's ``segments`` (those evaluated) drift: raising an event
+    now or still ``active`` (in drift on a calibration kind) from an earlier tick. Then the
+    model-wide drift is their share of the traffic showing, and a model-wide fit would move the
+    healthy segments too (``calmon demo`` showed one promoted that way, doubling their calibration
+    error): only the segments with a new event are queued. When every segment drifts (or the
+    model has one), the model-wide run alone; its segments are judged again against the fix."""
     drifting = {(e.model, e.segment) for e in events if e.kind in RECALIBRATE_ON}
-    with_segments = {model for model, segment in drifting if segment != MODEL_WIDE}
-    return sorted((m, s) for m, s in drifting if s != MODEL_WIDE or m not in with_segments)
+    by_model: dict[str, set[str]] = {}
+    for model, segment in drifting | set(active):
+        if segment != MODEL_WIDE:
+            by_model.setdefault(model, set()).add(segment)
+    local = {
+        model
+        for model, drifted in by_model.items()
+        if (model, MODEL_WIDE) in drifting and drifted < set((segments or {}).get(model, drifted))
+    }
+
+    def wanted(model: str, segment: str) -> bool:
+        if segment == MODEL_WIDE:
+            return model not in local
+        return (model, MODEL_WIDE) not in drifting or model in local
+
+    return sorted((m, s) for m, s in drifting if wanted(m, s))

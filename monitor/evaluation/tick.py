@@ -42,7 +42,7 @@ from monitor.store.events import append_event, calibrator_changes
 from monitor.store.evidence import PAIRED
 from monitor.store.history import ensure_hours
 from monitor.store.segments import load_positions, registered_series
-from monitor.vocabulary import IDENTITY, MODEL_WIDE, EventKind, Score, Trigger
+from monitor.vocabulary import IDENTITY, MODEL_WIDE, RECALIBRATE_ON, EventKind, Score, Trigger
 
 __all__ = ["SNAPSHOT", "EvaluationTick", "LeaseLost"]
 
@@ -108,7 +108,8 @@ class EvaluationTick:
         evidence = [v.as_dict() for v in self._round.verdicts]
         snapshot = Snapshot(now, stats, calibrators, drift, evidence)
         self.publish(snapshot, events, rollbacks)
-        self.queue(events, {(m, s) for m, s, _ in rollbacks})
+        active = {(d["model"], d["segment"]) for d in drift if d["active"] and d["kind"] in RECALIBRATE_ON}
+        self.queue(events, {(m, s) for m, s, _ in rollbacks}, stats, active)
         return snapshot
 
     # ------------------------------------------------------------------------------------ steps
@@ -252,12 +253,24 @@ class EvaluationTick:
                 },
             )
 
-    def queue(self, events: list[DriftEvent], skip: AbstractSet[tuple[str, str]] = frozenset()) -> None:
+    def queue(
+        self,
+        events: list[DriftEvent],
+        skip: AbstractSet[tuple[str, str]] = frozenset(),
+        stats: Sequence[WindowStats] = (),
+        active: AbstractSet[tuple[str, str]] = frozenset(),
+    ) -> None:
         """Hand drift-triggered recalibrations to the queue (a separate job runs them), each to fit
-        after its estimated change point; not for a series whose calibrator was just rolled back."""
+        after its estimated change point; not for a series whose calibrator was just rolled back.
+        ``stats``: this tick's windows, which say what segments each model has; ``active``: the
+        series in calibration drift now (see ``policy.drift_targets``)."""
         if self.submit is None or not self.settings.recalibration.on_drift:
             return
         since = {(e.model, e.segment): e.change_point for e in events}
-        for model, segment in drift_targets(events):
+        segments: dict[str, set[str]] = {}
+        for s in stats:
+            if s.segment != MODEL_WIDE:
+                segments.setdefault(s.model, set()).add(s.segment)
+        for model, segment in drift_targets(events, segments, active):
             if (model, segment) not in skip:
                 self.submit(model, segment, Trigger.DRIFT, since=since.get((model, segment)))

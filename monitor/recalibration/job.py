@@ -114,10 +114,22 @@ def _rows(engine: Engine, model: str, segment: str, limit: int, since: float | N
 def _series_rows(
     engine: Engine, cfg: RecalibrationConfig, model: str, segment: str, since: float | None
 ) -> tuple[str, str | None, LabelledRows]:
-    """The segment's rows, or the model-wide ones when the segment has too few (segment, fell back from)."""
+    """The segment's rows, or the model-wide ones when the segment has too few (segment, fell back from).
+
+    After a change point, a segment falls back only when it is small (fewer than ``min_rows`` ever):
+    one that is merely short of *new* rows waits for them."""
     data = _rows(engine, model, segment, cfg.max_rows, since)
     fallback_from = None
     if data.size < cfg.min_rows and segment != MODEL_WIDE:
+        if since is not None and _rows(engine, model, segment, cfg.min_rows, None).size >= cfg.min_rows:
+            # A segment big enough to fit on its own, short of rows only since its change point:
+            # its own rows will come. The model-wide fit would serve every healthy segment too (the
+            # demo showed one promoted that way, doubling their calibration error).
+            raise WaitForLabels(
+                f"{data.size} labelled predictions of segment {segment!r} since the change point "
+                f"{since:.0f}, fewer than recalibration.min_rows = {cfg.min_rows}: waiting for them "
+                "rather than fitting the model-wide calibrator"
+            )
         fallback_from, segment = segment, MODEL_WIDE
         data = _rows(engine, model, segment, cfg.max_rows, since)
     if data.size < cfg.min_rows and since is not None:

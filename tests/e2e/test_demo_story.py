@@ -48,3 +48,6 @@ def test_the_demo_shows_the_alarm_the_promotion_and_the_recovery() -> None:
     assert 'calmon_expected_calibration_error{model="qa-bot",score="calibrated",segment="returns"' in out
     assert re.search(r"calmon says 0\.\d+ \(calibrator \w+\) -> (accept|send to human review)", out)
     assert out.index("drift alarm") < out.index("promoted a") < out.index("is back to")
+    # the fix is the drifting segment's own: the healthy segments keep what they were served
+    serving = re.search(r"serving calibrators: (.*); every other series", out)
+    assert serving and serving.group(1).startswith("qa-bot/returns ") and "," not in serving.group(1)

@@ -170,10 +170,22 @@ def test_drift_targets_prefer_the_drifting_segments_to_the_model_wide_run() -> N
         event("d", "*", "raw_calibration"),
         event("e", "*"),
         event("e", "v", "confidence_shift"),
+        event("f", "*"),
+        event("f", "only"),
     ]
-    # a: the drifting segment, not the model-wide fit that would move its healthy neighbours too;
-    # e: model-wide drift with no segment drifting on a calibration kind gets the model-wide run
-    assert drift_targets(events) == [("a", "x"), ("b", "y"), ("e", "*")]
+    segments = {"a": {"x", "healthy"}, "b": {"y"}, "e": {"v", "w"}, "f": {"only"}}
+    # a: one of two segments drifts: that segment, not the model-wide fit that would move its healthy
+    # neighbour too; e: model-wide drift with no segment drifting on a calibration kind; f: its only
+    # segment drifts, so the model-wide run (the same rows) serves it
+    assert drift_targets(events, segments) == [("a", "x"), ("b", "y"), ("e", "*"), ("f", "*")]
+    # without knowing the segments, model-wide drift keeps the model-wide run
+    assert drift_targets(events) == [("a", "*"), ("b", "y"), ("e", "*"), ("f", "*")]
+    # a segment still in drift from an earlier tick explains a model-wide drift raised now: nothing
+    # model-wide is queued (the segment's own run happened then); with every segment in drift, it is
+    later = [event("g", "*"), event("h", "*")]
+    segments = {"g": {"hot", "cold"}, "h": {"hot", "cold"}}
+    active = {("g", "hot"), ("h", "hot"), ("h", "cold")}
+    assert drift_targets(later, segments, active) == [("h", "*")]
 
 
 def test_a_window_that_mixes_calibrators_is_not_judged_on_the_calibrated_score() -> None:

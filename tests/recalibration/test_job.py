@@ -147,6 +147,32 @@ def test_sparse_segment_falls_back_to_model_wide_and_dry_run_writes_nothing(
         assert store.list_all(conn) == [] and list_events(conn) == []
 
 
+def test_after_a_change_point_a_big_segment_waits_for_its_own_rows_and_a_small_one_falls_back(
+    engine: Engine, labelled: Settings
+) -> None:
+    change = NOW - 500.0
+    p, correct = overconfident_stream(1300, seed=4)
+    with TestClient(create_app(labelled, engine, clock=lambda: NOW)) as client:
+        ingest(
+            client, p[:1200], correct[:1200], 200_000, segment="busy", t0=change - 1300
+        )  # before the change
+        ingest(client, p[1200:], correct[1200:], 300_000, segment="busy", t0=change + 1)  # 100 after it
+        ingest(client, p[:30], correct[:30], 400_000, segment="rare", t0=change + 200)  # small, all after
+    busy = recalibrate(engine, labelled, "nb", segment="busy", trigger="drift", since=change, now=NOW)
+    assert busy.outcome == "waiting" and busy.segment == "busy"
+    assert "waiting for them rather than fitting the model-wide calibrator" in busy.reason
+    # "nb" model-wide has the digits rows (ts up to NOW - 1600) before the change, so too few after it
+    # for any model-wide fit; a small segment's fallback is judged on the model-wide rows since then
+    rare = recalibrate(
+        engine, labelled, "nb", segment="rare", trigger="drift", since=change, dry_run=True, now=NOW
+    )
+    assert rare.outcome == "waiting" and rare.segment == "rare"
+    assert "waiting rather than mixing regimes" in rare.reason  # the model-wide rows' verdict: it fell back
+    with engine.connect() as conn:
+        waiting = list_events(conn, kind="recalibration_waiting")
+        assert [e["segment"] for e in waiting] == ["busy"] and store.list_all(conn) == []
+
+
 def test_too_few_labels_is_a_failed_outcome_but_an_unknown_series_writes_nothing(
     engine: Engine, make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
 ) -> None:
