@@ -185,7 +185,8 @@ def _show_metrics(http: httpx.Client, window: str, say: Callable[[str], None]) -
         if c["status"] == "active"
     ]
     say(
-        f"serving calibrators: {', '.join(serving) or 'none'}; every other series is served as sent (identity)"
+        f"serving calibrators: {', '.join(serving) or 'none'}; "
+        "every other series is served as sent (identity)"
     )
 
 
