@@ -1,7 +1,7 @@
 """Client benchmark: what ``calmon_client`` costs the app's thread, and what it sustains end to end.
 
 1. Per-call overhead of ``log_prediction`` on the app's thread, each call timed with
-   ``perf_counter_ns``, while the background sender delivers to a real daemon (SQLite), for three
+   ``perf_counter``, while the background sender delivers to a real daemon (SQLite), for three
    confidence forms; and with calmon down (the sender retrying), to show the app never waits on it.
    Garbage-collection pauses are recorded with ``gc.callbacks`` and reported apart.
 2. Sustained throughput: the app logs predictions (and a label for every other one) as fast as it
@@ -15,7 +15,6 @@ Run: `python benchmarks/client.py --out benchmarks/RESULTS.md` (part of `make be
 from __future__ import annotations
 
 import argparse
-import gc
 import random
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from calmon_client import Client, RetryPolicy  # noqa: E402
 from benchmarks.ingest import machine, write_section  # noqa: E402
 from tests.support import pgcluster  # noqa: E402
 from tests.support.daemon import Daemon  # noqa: E402
+from tests.support.gcpauses import GcPauses  # noqa: E402
 
 FORMS: dict[str, Callable[[random.Random], dict[str, Any]]] = {
     "confidence": lambda r: {"confidence": r.uniform(0.3, 1.0)},
@@ -44,24 +44,9 @@ FORMS: dict[str, Callable[[random.Random], dict[str, Any]]] = {
 QUIET = {"CALMON_LOGGING__ACCESS_LOG": "false", "CALMON_LOGGING__LEVEL": "WARNING"}
 
 
-class GcPauses:
-    def __init__(self) -> None:
-        self.spans: list[tuple[int, int]] = []
-        self._start = 0
-        gc.callbacks.append(self._record)
-
-    def _record(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self._start = time.perf_counter_ns()
-        else:
-            self.spans.append((self._start, time.perf_counter_ns()))
-
-    def stop(self) -> None:
-        gc.callbacks.remove(self._record)
-
-
-def quantile(values: list[int], q: float) -> float:
-    return sorted(values)[min(len(values) - 1, int(q * len(values)))] / 1000.0
+def quantile(values: list[float], q: float) -> float:
+    """Microseconds."""
+    return sorted(values)[min(len(values) - 1, int(q * len(values)))] * 1e6
 
 
 def overhead(url: str, form: str, n: int) -> dict[str, Any]:
@@ -71,10 +56,10 @@ def overhead(url: str, form: str, n: int) -> dict[str, Any]:
     client = Client(
         url, max_queue=n + 1, retry=RetryPolicy(initial=0.05, max_backoff=0.5), flush_at_exit=None
     )
-    took: list[int] = []
-    starts: list[int] = []
+    took: list[float] = []
+    starts: list[float] = []
     pauses = GcPauses()
-    clock = time.perf_counter_ns
+    clock = time.perf_counter
     try:
         for i in range(n):
             t0 = clock()
@@ -84,15 +69,15 @@ def overhead(url: str, form: str, n: int) -> dict[str, Any]:
     finally:
         pauses.stop()
         client.close(0.5 if "127.0.0.1:9" in url else 120)
-    in_gc = [any(a < s + t and s < b for a, b in pauses.spans) for s, t in zip(starts, took, strict=True)]
+    in_gc = [pauses.overlap(s, s + t) > 0 for s, t in zip(starts, took, strict=True)]
     outside = [t for t, g in zip(took, in_gc, strict=True) if not g]
     return {
         "form": form,
         "median": quantile(took, 0.5),
         "p99": quantile(took, 0.99),
         "p999": quantile(took, 0.999),
-        "max": max(took) / 1000.0,
-        "max_outside_gc": max(outside) / 1000.0,
+        "max": max(took) * 1e6,
+        "max_outside_gc": max(outside) * 1e6,
         "gc_calls": sum(in_gc),
     }
 

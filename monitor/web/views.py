@@ -66,9 +66,10 @@ class ModelRow:
     coverage: dict[str, Any]
     evidence: dict[str, Any] | None  # calibrated, model-wide
     strongest: float  # the largest evidence / threshold ratio of any calibrated series (log scale)
-    calibrator: dict[str, Any] | None
+    calibrator: dict[str, Any] | None  # the model-wide one
     latest_event: dict[str, Any] | None
     segments: int
+    segment_calibrators: list[dict[str, Any]]  # segments with their own, newest first
 
 
 def _evidence_ratio(entry: dict[str, Any]) -> float:
@@ -190,6 +191,10 @@ def overview(
                 calibrator=record.as_dict() if record else None,
                 latest_event=latest.get(model),
                 segments=len({s.segment for s in stats} - {MODEL_WIDE}),
+                segment_calibrators=sorted(
+                    (r.as_dict() for (m, seg), r in active.items() if m == model and seg != MODEL_WIDE),
+                    key=lambda c: -(c["activated_at"] or 0.0),
+                ),
             )
         )
     rows.sort(key=lambda r: (_RANK[r.state], -r.strongest, -_ece_of(r), r.model))

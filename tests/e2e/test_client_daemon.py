@@ -3,7 +3,6 @@ when the daemon is killed (-9) and restarted under it; adapters' fields are acce
 
 from __future__ import annotations
 
-import gc
 import math
 import statistics
 import threading
@@ -18,6 +17,7 @@ from calmon_client import Client, RetryPolicy
 from calmon_client.adapters import from_openai, from_predict_proba
 
 from tests.support.daemon import Daemon
+from tests.support.gcpauses import GcPauses
 
 PREDICTIONS, LABELS = 20_000, 10_000
 CONFIG = """
@@ -32,27 +32,6 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield f"sqlite:///{tmp_path / 'client.db'}"
     else:
         yield request.getfixturevalue("pg_url")
-
-
-class GcPauses:
-    """When the interpreter's garbage collector ran (``gc.callbacks``), to tell its pauses apart."""
-
-    def __init__(self) -> None:
-        self.spans: list[tuple[float, float]] = []
-        self._start = 0.0
-        gc.callbacks.append(self._record)
-
-    def _record(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self._start = time.perf_counter()
-        else:
-            self.spans.append((self._start, time.perf_counter()))
-
-    def overlap(self, start: float, end: float) -> float:
-        return sum(max(0.0, min(end, b) - max(start, a)) for a, b in self.spans)
-
-    def stop(self) -> None:
-        gc.callbacks.remove(self._record)
 
 
 def summary(url: str, model: str) -> dict[str, object]:

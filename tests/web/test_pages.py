@@ -135,7 +135,9 @@ def test_overview_lists_every_model_with_attention_first(fed: Fed) -> None:
     assert html.index('href="/models/qa"') < html.index('href="/models/clf"')
     row = html[html.index('href="/models/qa"') : html.index('href="/models/clf"')]
     assert 'class="badge watch"' in row and "raw scores miscalibrated; the calibrator compensates" in row
-    assert "platt v1" in row or "isotonic v1" in row  # the promoted calibrator, with its age
+    # the drifting segment's own calibrator (not a model-wide one that would serve segment a too)
+    assert "model-wide: none (identity)" in row
+    assert re.search(r"b: (platt|isotonic) v1, promoted \d+ (s|min) ago", row), row
     assert 'class="badge ok"' in html[html.index('href="/models/clf"') :]
     stats = snapshot_stats(fed, "qa", "*", "1h", "calibrated")
     assert f"<b>{stats.ece:.3f}</b>" in row

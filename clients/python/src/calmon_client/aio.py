@@ -227,18 +227,13 @@ class AsyncClient(ClientCore):
             self.in_flight = None
 
     async def _inline(self, path: str, record: dict[str, Any]) -> Calibrated:
-        if self.breaker.open():
-            answer = InlineAnswer(
-                self.fallback(record, "calmon unreachable moments ago; not asked"), retry=True
-            )
+        prepared = self.inline_request(path, record)
+        if isinstance(prepared, InlineAnswer):
+            answer = prepared
         else:
             try:
-                body = self.inline_body(path, record)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"record is not JSON: {exc}") from exc
-            try:
                 response = await self._http.post(
-                    path, content=body, headers=JSON_HEADERS, timeout=self.calibrate_timeout
+                    path, content=prepared, headers=JSON_HEADERS, timeout=self.calibrate_timeout
                 )
             except httpx.HTTPError as exc:
                 answer = self.unreachable(record, exc)

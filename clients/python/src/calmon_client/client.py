@@ -262,18 +262,13 @@ class Client(ClientCore):
                 self._progress.notify_all()
 
     def _inline(self, path: str, record: dict[str, Any]) -> Calibrated:
-        if self.breaker.open():
-            answer = InlineAnswer(
-                self.fallback(record, "calmon unreachable moments ago; not asked"), retry=True
-            )
+        prepared = self.inline_request(path, record)
+        if isinstance(prepared, InlineAnswer):
+            answer = prepared
         else:
             try:
-                body = self.inline_body(path, record)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"record is not JSON: {exc}") from exc
-            try:
                 response = self._http.post(
-                    path, content=body, headers=JSON_HEADERS, timeout=self.calibrate_timeout
+                    path, content=prepared, headers=JSON_HEADERS, timeout=self.calibrate_timeout
                 )
             except httpx.HTTPError as exc:
                 answer = self.unreachable(record, exc)

@@ -101,9 +101,18 @@ class ClientCore:
         raw = raw_confidence(record, self.aggregation)
         return Calibrated(raw, raw, None, fallback=True, reason=reason)
 
-    def inline_body(self, path: str, record: dict[str, Any]) -> bytes:
-        key = "predictions" if path == PREDICTION else "records"
-        return b'{"' + key.encode() + b'":[' + encode(record) + b"]}"
+    def inline_request(self, path: str, record: dict[str, Any]) -> InlineAnswer | bytes:
+        """The body of a one-record inline call, or the answer without asking (the breaker is open).
+        A record JSON cannot hold is a ValueError here: the caller waits for this answer."""
+        if self.breaker.open():
+            return InlineAnswer(
+                self.fallback(record, "calmon unreachable moments ago; not asked"), retry=True
+            )
+        key = b"predictions" if path == PREDICTION else b"records"
+        try:
+            return b'{"' + key + b'":[' + encode(record) + b"]}"
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"record is not JSON: {exc}") from exc
 
     def inline_answer(
         self, path: str, record: dict[str, Any], status: int, headers: Mapping[str, str], body: bytes
