@@ -96,7 +96,9 @@ def build(
     metrics = ServiceMetrics(registry)
     holder = SnapshotHolder()
     binned = BinnedCounters(settings.evaluation.ece_bins)
-    exposition = Exposition(registry, holder, binned)
+    exposition = Exposition(
+        registry, holder, binned, lambda model, segment: settings.drift_for(model, segment).accuracy_floor
+    )
     scorer = RegistryScorer()
     scorer.refresh(engine, clock())  # serve the active calibrators from the first request on
     notifier = Notifier(settings.notifications, metrics)

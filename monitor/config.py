@@ -120,6 +120,9 @@ class DriftConfig(_Section):
     p_value_threshold: float = Field(0.001, gt=0, lt=1)
     consecutive: int = Field(2, ge=1)
     cooldown_seconds: float = Field(3600.0, ge=0)
+    # Alert (CalmonEstimatedAccuracyBelowFloor) when even the upper bound of the label-free accuracy
+    # estimate falls below this; None: no floor. Per model and segment like the rest.
+    accuracy_floor: float | None = Field(None, gt=0, lt=1)
 
     @field_validator("false_alarm_every")
     @classmethod
@@ -187,6 +190,7 @@ class ModelDriftOverride(_Section):
     p_value_threshold: float | None = Field(None, gt=0, lt=1)
     consecutive: int | None = Field(None, ge=1)
     cooldown_seconds: float | None = Field(None, ge=0)
+    accuracy_floor: float | None = Field(None, gt=0, lt=1)
 
 
 class SegmentConfig(_Section):

@@ -16,7 +16,7 @@ and across replicas:
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from prometheus_client import CollectorRegistry, generate_latest
@@ -60,6 +60,52 @@ def _confidence_buckets(histogram: list[float]) -> list[tuple[str, float]]:
     buckets = [(f"{edge:.4g}", float(count)) for edge, count in zip(edges[:-1], cumulative[:-1], strict=True)]
     buckets.append(("+Inf", float(cumulative[-1])))
     return buckets
+
+
+ESTIMATES = {
+    "calmon_estimated_accuracy": (
+        "Label-free accuracy: mean served (calibrated) confidence over every prediction of the window",
+        "estimated_accuracy",
+    ),
+    "calmon_estimated_accuracy_lower": (
+        "Lower bound of the 95% interval of the estimated accuracy (sampling plus calibrator bias)",
+        "estimated_accuracy_lower",
+    ),
+    "calmon_estimated_accuracy_upper": (
+        "Upper bound of the 95% interval of the estimated accuracy (sampling plus calibrator bias)",
+        "estimated_accuracy_upper",
+    ),
+    "calmon_estimated_accuracy_bias": (
+        "Realised minus estimated accuracy on the labelled part: the calibrator's measured bias",
+        "estimate_bias",
+    ),
+}
+FloorOf = Callable[[str, str], float | None]
+
+
+def estimate_families(stats: list[WindowStats], floor_of: FloorOf | None = None) -> Iterator[Metric]:
+    """The label-free accuracy estimate per window, and the configured floors it is alerted against."""
+    labels = ("model", "segment", "window")
+    families = {name: _gauge(name, doc, labels) for name, (doc, _) in ESTIMATES.items()}
+    floor = _gauge(
+        "calmon_accuracy_floor",
+        "drift.accuracy_floor of the series (alert when the estimate's upper bound is below)",
+        ("model", "segment"),
+    )
+    floors: dict[tuple[str, str], float] = {}
+    for s in stats:
+        if s.score != Score.CALIBRATED or s.estimated_accuracy is None:
+            continue
+        for name, (_, field) in ESTIMATES.items():
+            value = getattr(s, field)
+            if value is not None:
+                families[name].add_metric([s.model, s.segment, s.window], float(value))
+        configured = floor_of(s.model, s.segment) if floor_of is not None else None
+        if configured is not None:
+            floors[(s.model, s.segment)] = configured
+    for (model, segment), value in sorted(floors.items()):
+        floor.add_metric([model, segment], value)
+    yield from (*families.values(), floor)
 
 
 def window_families(stats: list[WindowStats]) -> Iterator[Metric]:
@@ -175,13 +221,15 @@ def binned_families(binned: BinnedCounters) -> Iterator[Metric]:
 class SnapshotCollector(Collector):
     """Renders the latest snapshot and the binned counters on every scrape (no I/O)."""
 
-    def __init__(self, holder: SnapshotHolder, binned: BinnedCounters):
+    def __init__(self, holder: SnapshotHolder, binned: BinnedCounters, floor_of: FloorOf | None = None):
         self._holder = holder
         self._binned = binned
+        self._floor_of = floor_of
 
     def collect(self) -> Iterator[Metric]:
         snapshot = self._holder.get()
         yield from window_families(snapshot.stats if snapshot is not None else [])
+        yield from estimate_families(snapshot.stats if snapshot is not None else [], self._floor_of)
         yield from state_families(snapshot)
         yield from binned_families(self._binned)
 
@@ -195,10 +243,16 @@ class Exposition:
     metric family, so their concatenation is one valid exposition.
     """
 
-    def __init__(self, live: CollectorRegistry, holder: SnapshotHolder, binned: BinnedCounters):
+    def __init__(
+        self,
+        live: CollectorRegistry,
+        holder: SnapshotHolder,
+        binned: BinnedCounters,
+        floor_of: FloorOf | None = None,
+    ):
         self.live = live
         self.snapshot_registry = CollectorRegistry(auto_describe=False)
-        self.snapshot_registry.register(SnapshotCollector(holder, binned))
+        self.snapshot_registry.register(SnapshotCollector(holder, binned, floor_of))
         self._lock = threading.Lock()
         self._cached = b""
 

@@ -104,7 +104,7 @@ def test_golden_exposition(sqlite_url: str) -> None:
         )
     )
     registry = CollectorRegistry()
-    registry.register(SnapshotCollector(holder, binned))
+    registry.register(SnapshotCollector(holder, binned, lambda model, segment: 0.8))  # drift.accuracy_floor
     text = generate_latest(registry).decode()
     text = "\n".join(_round_values(line) for line in text.splitlines()) + "\n"
     if os.environ.get("CALMON_UPDATE_GOLDEN") == "1":

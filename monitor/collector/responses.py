@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from monitor.collector.schemas import ErrorResponse, Rejection
 
@@ -89,6 +89,19 @@ class WindowSummary(_Out):
     js_distance: float | None = None
     confidence_sum: float
     calibrator_changed: bool
+    estimated_accuracy: float | None = Field(
+        None,
+        description="Calibrated score only: accuracy implied by the served confidences of every prediction",
+    )
+    estimated_accuracy_lower: float | None = Field(
+        None, description="95% interval, sampling plus calibrator bias"
+    )
+    estimated_accuracy_upper: float | None = None
+    estimate_bias: float | None = Field(None, description="Labelled part: accuracy - mean served confidence")
+    estimate_check: str | None = Field(
+        None,
+        description='"ok", "biased" (the calibrator misses), "unchecked" (no labels), "checked on <window>"',
+    )
 
 
 class ActiveCalibrator(_Out):

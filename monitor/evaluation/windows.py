@@ -18,14 +18,16 @@ from typing import Any
 from sqlalchemy import Connection
 
 from monitor.calibration.drift import js_distance, psi
+from monitor.calibration.estimate import AccuracyEstimate, estimate_accuracy, labelled_bias
 from monitor.calibration.sketch import CalibrationSketch, Moment
 from monitor.store.aggregates import SeriesKey, load_sketches
 from monitor.store.segments import CapOf, load_positions, registered_series
-from monitor.vocabulary import MODEL_WIDE, OTHER_SEGMENT
+from monitor.vocabulary import MODEL_WIDE, OTHER_SEGMENT, Score
 
 __all__ = [
     "WindowSpec",
     "WindowStats",
+    "borrow_bias",
     "cap_segments",
     "evaluate",
     "evaluate_periods",
@@ -69,6 +71,14 @@ class WindowStats:
     # The calibrator serving this series changed within the window, so the calibrated statistics mix
     # the confidences of two calibrators: reported, but not judged by the drift policy or the alerts.
     calibrator_changed: bool = False
+    # Label-free accuracy (calibrated score only; calibration.estimate): mean served confidence over
+    # every prediction, its interval, the calibrator's bias measured on labels, and the verdict:
+    # "ok", "biased", "unchecked" (no labels anywhere), or "checked on <window>" (labels borrowed).
+    estimated_accuracy: float | None = None
+    estimated_accuracy_lower: float | None = None
+    estimated_accuracy_upper: float | None = None
+    estimate_bias: float | None = None
+    estimate_check: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         # Shallow: the reliability rows and the histogram are shared, not copied (read-only, and
@@ -96,6 +106,8 @@ def window_stats(
     stats = WindowStats(model, segment, window, score, n, n_l, n - n_l, n_l / n if n else 0.0)
     stats.histogram = sketch.histogram(ece_bins).tolist()
     stats.confidence_sum = float(sketch.moments[Moment.SUM_P].sum())
+    if score == Score.CALIBRATED:
+        _set_estimate(stats, estimate_accuracy(sketch))
     if n and reference is not None and reference.predictions:
         stats.reference_histogram = reference.histogram(ece_bins).tolist()
         stats.psi = _finite(psi(reference.histogram(ece_bins), sketch.histogram(ece_bins)))
@@ -114,6 +126,34 @@ def window_stats(
     stats.spiegelhalter_p = _finite(metrics.spiegelhalter_p)
     stats.reliability = sketch.reliability_table(ece_bins).rows()
     return stats
+
+
+def _set_estimate(stats: WindowStats, estimate: AccuracyEstimate | None, check: str | None = None) -> None:
+    if estimate is None:
+        return
+    stats.estimated_accuracy = estimate.estimate
+    stats.estimated_accuracy_lower, stats.estimated_accuracy_upper = estimate.lower, estimate.upper
+    stats.estimate_bias = estimate.bias
+    stats.estimate_check = check or estimate.check
+
+
+def borrow_bias(results: list[WindowStats], sketches: dict[tuple[SeriesKey, str], CalibrationSketch]) -> None:
+    """A window with no labels yet (the newest traffic) is checked against the calibrator's bias on
+    the labels of the longest window of the same series that has some."""
+    by_series: dict[SeriesKey, list[WindowStats]] = {}
+    for s in results:
+        if s.score == Score.CALIBRATED:
+            by_series.setdefault((s.model, s.segment, s.score), []).append(s)
+    for key, series in by_series.items():
+        donors = [s for s in series if s.labelled]
+        if not donors:
+            continue
+        donor = max(donors, key=lambda s: s.labelled)
+        measured = labelled_bias(sketches[(key, donor.window)])
+        for s in series:
+            own = estimate_accuracy(sketches[(key, s.window)]) if not s.labelled and s.predictions else None
+            if own is not None and measured is not None:
+                _set_estimate(s, own.with_bias(*measured), f"checked on {donor.window}")
 
 
 def cap_segments(
@@ -146,6 +186,7 @@ def evaluate_periods(
     With ``reference`` (``evaluation.reference``), shift is measured against it, not the previous
     period."""
     results: list[WindowStats] = []
+    sketches: dict[tuple[SeriesKey, str], CalibrationSketch] = {}
     fixed = None
     if reference is not None:
         fixed = cap_segments({k: v for k, v in reference.items() if v.predictions}, series_of)
@@ -159,6 +200,8 @@ def evaluate_periods(
         )
         for key in sorted(current):
             results.append(window_stats(key, spec.name, current[key], previous.get(key), ece_bins, n_boot))
+            sketches[(key, spec.name)] = current[key]
+    borrow_bias(results, sketches)
     return results
 
 
