@@ -25,7 +25,7 @@ GRAFANA_DEFAULTS = {
     "$score": "raw",
     "$job": "calmon",
 }
-KEYWORDS = {"and", "or", "unless", "offset", "bool", "inf", "nan"}
+KEYWORDS = {"and", "or", "unless", "offset", "bool", "inf", "nan", "group_left", "group_right"}
 
 
 def expand(expr: str, values: Mapping[str, str] | None = None) -> str:
