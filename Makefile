@@ -52,6 +52,7 @@ bench: $(STAMP) services
 	$(PY) benchmarks/drift.py --out benchmarks/RESULTS.md --json benchmarks/drift-results.json
 	$(PY) benchmarks/pages.py --out benchmarks/RESULTS.md
 	$(PY) benchmarks/client.py --out benchmarks/RESULTS.md
+	$(PY) benchmarks/accuracy.py --out benchmarks/RESULTS.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -27,7 +27,7 @@ import numpy as np
 
 from monitor.calibration.sketch import CalibrationSketch, Moment
 
-__all__ = ["Z_95", "AccuracyEstimate", "estimate_accuracy"]
+__all__ = ["Z_95", "AccuracyEstimate", "estimate_accuracy", "labelled_bias"]
 
 Z_95 = 1.959963984540054
 
@@ -67,8 +67,12 @@ def labelled_bias(sketch: CalibrationSketch) -> tuple[float, float] | None:
     return (sy - s1) / n_l, math.sqrt(max(0.0, s1 - s2)) / n_l
 
 
-def estimate_accuracy(sketch: CalibrationSketch, z: float = Z_95) -> AccuracyEstimate | None:
-    """The label-free accuracy estimate of a sketch of *calibrated* confidences (None if empty)."""
+def estimate_accuracy(
+    sketch: CalibrationSketch, z: float = Z_95, bias: tuple[float, float] | None = None
+) -> AccuracyEstimate | None:
+    """The label-free accuracy estimate of a sketch of *calibrated* confidences (None if empty).
+    ``bias``: (bias, standard error) measured elsewhere (more labels of the same calibrator);
+    default: this sketch's labelled part."""
     m = sketch.moments
     counts, sums = m[Moment.N], m[Moment.SUM_P]
     n = float(counts.sum())
@@ -87,5 +91,5 @@ def estimate_accuracy(sketch: CalibrationSketch, z: float = Z_95) -> AccuracyEst
         0.0,
         "unchecked",
     )
-    measured = labelled_bias(sketch)
+    measured = bias if bias is not None else labelled_bias(sketch)
     return bare if measured is None else bare.with_bias(*measured, z=z)

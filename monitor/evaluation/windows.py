@@ -27,11 +27,11 @@ from monitor.vocabulary import MODEL_WIDE, OTHER_SEGMENT, Score
 __all__ = [
     "WindowSpec",
     "WindowStats",
-    "borrow_bias",
     "cap_segments",
     "evaluate",
     "evaluate_periods",
     "mark_calibrator_changes",
+    "measure_bias",
     "window_stats",
 ]
 
@@ -72,12 +72,14 @@ class WindowStats:
     # the confidences of two calibrators: reported, but not judged by the drift policy or the alerts.
     calibrator_changed: bool = False
     # Label-free accuracy (calibrated score only; calibration.estimate): mean served confidence over
-    # every prediction, its interval, the calibrator's bias measured on labels, and the verdict:
-    # "ok", "biased", "unchecked" (no labels anywhere), or "checked on <window>" (labels borrowed).
+    # every prediction, its interval, the calibrator's bias measured on the labels of the series'
+    # most-labelled window (``estimate_bias_window``), and the verdict: "ok", "biased" (the bias is
+    # significant: the interval is widened by it), "unchecked" (no labels in any window).
     estimated_accuracy: float | None = None
     estimated_accuracy_lower: float | None = None
     estimated_accuracy_upper: float | None = None
     estimate_bias: float | None = None
+    estimate_bias_window: str | None = None
     estimate_check: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -107,7 +109,7 @@ def window_stats(
     stats.histogram = sketch.histogram(ece_bins).tolist()
     stats.confidence_sum = float(sketch.moments[Moment.SUM_P].sum())
     if score == Score.CALIBRATED:
-        _set_estimate(stats, estimate_accuracy(sketch))
+        _set_estimate(stats, estimate_accuracy(sketch), window)
     if n and reference is not None and reference.predictions:
         stats.reference_histogram = reference.histogram(ece_bins).tolist()
         stats.psi = _finite(psi(reference.histogram(ece_bins), sketch.histogram(ece_bins)))
@@ -128,32 +130,33 @@ def window_stats(
     return stats
 
 
-def _set_estimate(stats: WindowStats, estimate: AccuracyEstimate | None, check: str | None = None) -> None:
+def _set_estimate(stats: WindowStats, estimate: AccuracyEstimate | None, bias_window: str | None) -> None:
     if estimate is None:
         return
     stats.estimated_accuracy = estimate.estimate
     stats.estimated_accuracy_lower, stats.estimated_accuracy_upper = estimate.lower, estimate.upper
     stats.estimate_bias = estimate.bias
-    stats.estimate_check = check or estimate.check
+    stats.estimate_check = estimate.check
+    stats.estimate_bias_window = bias_window if estimate.bias is not None else None
 
 
-def borrow_bias(results: list[WindowStats], sketches: dict[tuple[SeriesKey, str], CalibrationSketch]) -> None:
-    """A window with no labels yet (the newest traffic) is checked against the calibrator's bias on
-    the labels of the longest window of the same series that has some."""
+def measure_bias(
+    results: list[WindowStats], sketches: dict[tuple[SeriesKey, str], CalibrationSketch]
+) -> None:
+    """Judge every window's estimate against the calibrator's bias measured on the window of the same
+    series with the most labels (usually the longest): the calibrator is the same, and a short window's
+    few labels cannot see a bias of a few points (the digits case in benchmarks/accuracy.py), nor can
+    the newest window, whose labels have not arrived, see anything."""
     by_series: dict[SeriesKey, list[WindowStats]] = {}
     for s in results:
         if s.score == Score.CALIBRATED:
             by_series.setdefault((s.model, s.segment, s.score), []).append(s)
     for key, series in by_series.items():
-        donors = [s for s in series if s.labelled]
-        if not donors:
-            continue
-        donor = max(donors, key=lambda s: s.labelled)
-        measured = labelled_bias(sketches[(key, donor.window)])
+        donor = max(series, key=lambda s: s.labelled)
+        measured = labelled_bias(sketches[(key, donor.window)]) if donor.labelled else None
         for s in series:
-            own = estimate_accuracy(sketches[(key, s.window)]) if not s.labelled and s.predictions else None
-            if own is not None and measured is not None:
-                _set_estimate(s, own.with_bias(*measured), f"checked on {donor.window}")
+            own = estimate_accuracy(sketches[(key, s.window)], bias=measured)
+            _set_estimate(s, own, donor.window)
 
 
 def cap_segments(
@@ -201,7 +204,7 @@ def evaluate_periods(
         for key in sorted(current):
             results.append(window_stats(key, spec.name, current[key], previous.get(key), ece_bins, n_boot))
             sketches[(key, spec.name)] = current[key]
-    borrow_bias(results, sketches)
+    measure_bias(results, sketches)
     return results
 
 

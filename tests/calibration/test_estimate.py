@@ -62,7 +62,7 @@ def test_a_broken_calibrator_is_flagged_and_its_interval_widened_to_cover() -> N
     assert no_labels is not None and no_labels.check == "unchecked"  # nothing can tell without labels
 
 
-def test_a_window_without_labels_is_checked_on_the_longest_window_with_some() -> None:
+def test_every_window_is_checked_on_the_labels_of_the_most_labelled_window() -> None:
     rng = np.random.default_rng(5)
     c = rng.beta(5, 2, 4000)
     y = rng.random(4000) < np.clip(c - 0.2, 0, 1)
@@ -72,9 +72,11 @@ def test_a_window_without_labels_is_checked_on_the_longest_window_with_some() ->
     periods = {"1h": ({key: new}, {}), "24h": ({key: old.merge(new)}, {})}
     stats = evaluate_periods([WindowSpec("1h", 3600), WindowSpec("24h", 86400)], periods, 15, n_boot=50)
     hour = next(s for s in stats if (s.window, s.segment) == ("1h", "default"))
-    assert hour.labelled == 0 and hour.estimate_check == "checked on 24h"
+    assert hour.labelled == 0 and hour.estimate_check == "biased" and hour.estimate_bias_window == "24h"
     assert hour.estimate_bias == pytest.approx(float(np.mean(y[:3000] - c[:3000])), abs=1e-9)
     assert hour.estimated_accuracy_lower is not None and hour.estimated_accuracy_upper is not None
     assert hour.estimated_accuracy_lower <= y[3000:].mean() <= hour.estimated_accuracy_upper
+    day = next(s for s in stats if (s.window, s.segment, s.score) == ("24h", "default", "calibrated"))
+    assert day.estimate_bias_window == "24h" and day.estimate_bias == hour.estimate_bias
     raw = [s for s in stats if s.score == "raw"]
     assert all(s.estimated_accuracy is None for s in raw)  # the estimate is of served confidences
