@@ -9,12 +9,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import yaml
 
 from tests.support.daemon import Daemon
 from tests.support.polling import eventually
 from tests.support.prometheus import Prometheus
 from tests.support.services import missing_service
 
+RULES = Path(__file__).resolve().parents[2] / "alerts" / "calmon.rules.yml"
 FAST = """
 evaluation: {interval_seconds: 1, windows: [1h, 24h, 7d], bootstrap_draws: 100}
 scheduler: {lease_ttl_seconds: 3, reconcile_interval_seconds: 2}
@@ -41,8 +43,16 @@ def send_dataset(url: str, model: str, n: int = 600, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     p = rng.uniform(0.5, 1.0, n)
     now = time.time()
-    records = [{"model": model, "id": f"e{i}", "segment": ["web", "api"][i % 2], "confidence": float(p[i]),
-                "ts": now - 5 * i} for i in range(n)]  # fmt: skip
+    records = [
+        {
+            "model": model,
+            "id": f"e{i}",
+            "segment": ["web", "api"][i % 2],
+            "confidence": float(p[i]),
+            "ts": now - 5 * i,
+        }
+        for i in range(n)
+    ]
     assert httpx.post(f"{url}/v1/predictions", json={"predictions": records}, timeout=60).status_code == 200
     truth = rng.random(n) < p - 0.25  # overconfident
     feedback = [{"model": model, "id": f"e{i}", "correct": bool(t)} for i, t in enumerate(truth)]
@@ -70,6 +80,64 @@ def test_prometheus_scrapes_calmon_and_promql_reproduces_the_ece(tmp_path: Path,
         labelled = prometheus.wait_for(f"calmon_labelled_predictions{{{selector}}}")
         assert float(labelled[0]["value"][1]) == 600
         assert prometheus.query('up{job="calmon"}')[0]["value"][1] == "1"
+    finally:
+        if prometheus is not None:
+            prometheus.stop()
+        daemon.stop()
+
+
+def test_prometheus_scrapes_the_label_free_estimate_and_the_floor_alert_expression_selects_it(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "calmon.yaml"
+    config.write_text(FAST + "drift: {accuracy_floor: 0.6}\nmodels: {easy: {drift: {accuracy_floor: 0.1}}}\n")
+    daemon = Daemon(f"sqlite:///{tmp_path / 'est.db'}", config=config, log_path=tmp_path / "daemon.log")
+    prometheus = None
+    rng = np.random.default_rng(4)
+    try:
+        daemon.wait_healthy()
+        now = time.time()
+        served: dict[str, np.ndarray] = {}
+        for model in ("hard", "easy"):  # both honest (identity serves them), both mostly wrong
+            p = rng.uniform(0.2, 0.5, 800)
+            served[model] = p
+            records = [
+                {"model": model, "id": f"{model}{i}", "confidence": float(p[i]), "ts": now - 3 * i}
+                for i in range(800)
+            ]
+            assert httpx.post(
+                f"{daemon.base_url}/v1/predictions", json={"predictions": records}, timeout=60
+            ).is_success
+            labels = [
+                {"model": model, "id": f"{model}{i}", "correct": bool(rng.random() < p[i])}
+                for i in range(300)
+            ]
+            assert httpx.post(
+                f"{daemon.base_url}/v1/feedback", json={"feedback": labels}, timeout=60
+            ).is_success
+        prometheus = start_prometheus([f"127.0.0.1:{daemon.port}"])
+        selector = 'model="hard",segment="*",window="1h"'
+        estimate = float(prometheus.wait_for(f"calmon_estimated_accuracy{{{selector}}}")[0]["value"][1])
+        assert estimate == pytest.approx(served["hard"].mean(), abs=1e-9)  # every prediction, labelled or not
+        lower = float(prometheus.wait_for(f"calmon_estimated_accuracy_lower{{{selector}}}")[0]["value"][1])
+        upper = float(prometheus.wait_for(f"calmon_estimated_accuracy_upper{{{selector}}}")[0]["value"][1])
+        assert lower < estimate < upper < 0.6
+        assert (
+            float(prometheus.wait_for('calmon_accuracy_floor{model="hard",segment="*"}')[0]["value"][1])
+            == 0.6
+        )
+        rule = next(
+            r
+            for g in yaml.safe_load(RULES.read_text())["groups"]
+            for r in g["rules"]
+            if r.get("alert") == "CalmonEstimatedAccuracyBelowFloor"
+        )
+        firing = prometheus.wait_for(rule["expr"])
+        assert {(r["metric"]["model"], r["metric"]["window"]) for r in firing} >= {
+            ("hard", "1h"),
+            ("hard", "7d"),
+        }
+        assert all(r["metric"]["model"] == "hard" for r in firing)  # easy's floor is 0.1: it stays quiet
     finally:
         if prometheus is not None:
             prometheus.stop()
