@@ -398,6 +398,26 @@ def model_detail() -> Json:
         ),
         _panel(
             "timeseries",
+            "Accuracy: estimated (label-free, 95% interval) vs realised",
+            "Estimated: the accuracy the served confidences imply, over every prediction of the window, "
+            "labelled or not (it moves before the labels arrive); its interval adds the calibrator's "
+            "measured bias when significant. Realised: the labelled predictions only. Floor: "
+            "drift.accuracy_floor, where set (CalmonEstimatedAccuracyBelowFloor).",
+            [
+                target(f"max(calmon_estimated_accuracy{{{SERIES}}})", "estimated"),
+                target(f"max(calmon_estimated_accuracy_lower{{{SERIES}}})", "CI lower"),
+                target(f"max(calmon_estimated_accuracy_upper{{{SERIES}}})", "CI upper"),
+                target(f"max(calmon_accuracy_ratio{{{CALIBRATED}}})", "realised (labelled)"),
+                target('max(calmon_accuracy_floor{model="$model", segment="$segment"})', "floor"),
+            ],
+            width=16,
+            unit="percentunit",
+            minimum=0,
+            maximum=1,
+            overrides=band_overrides,
+        ),
+        _panel(
+            "timeseries",
             "Drift evidence against its threshold (log10)",
             "The drift detectors' evidence that calibration error exceeds drift.tolerance, log10: "
             "'calibrated' alarms (CalmonCalibrationDrift, a refit) where it meets the threshold set by "
