@@ -69,6 +69,8 @@ class TimePoint:
     predictions: int
     labelled: int
     ece: dict[str, float | None] = field(default_factory=dict)  # per score
+    # "estimated" (label-free, calibrated score), its "lower"/"upper", and "realised" (labelled)
+    accuracy: dict[str, float | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -221,6 +223,47 @@ def over_time(chart_id: str, points: Sequence[TimePoint], marks: Sequence[EventM
         ax.set_yticks([t for t in MaxNLocator(4).tick_values(0, top) if 0 <= t <= top])
         ax.grid(True, color="#eeeeee")
         ax.legend(loc="upper left", fontsize="small")
+        locator = mdates.AutoDateLocator(minticks=3, maxticks=7)  # type: ignore[no-untyped-call]
+        ax.xaxis.set_major_locator(locator)
+        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
+        return _svg(fig, chart_id, title)
+
+
+def accuracy_over_time(
+    chart_id: str, points: Sequence[TimePoint], marks: Sequence[EventMark], title: str
+) -> str:
+    """Label-free estimated accuracy with its 95% band against the realised accuracy of the labelled
+    predictions, per period of prediction time: where they part, the calibrator stopped fitting;
+    where only the estimate is drawn, the labels have not arrived yet."""
+    with _LOCK:
+        fig = _figure(12.5, 3.6, title_lines=1)
+        ax: Any = fig.subplots()
+        times = [datetime.fromtimestamp(p.start, UTC) for p in points]
+        banded = [
+            (t, p.accuracy) for t, p in zip(times, points, strict=True) if p.accuracy.get("lower") is not None
+        ]
+        if banded:
+            when = [t for t, _ in banded]
+            lower, upper = [a["lower"] for _, a in banded], [a["upper"] for _, a in banded]
+            ax.fill_between(
+                when, lower, upper, color=CALIBRATED_COLOUR, alpha=0.15, label="estimate, 95% interval"
+            )
+        for key, colour, style, label in (
+            ("estimated", CALIBRATED_COLOUR, "-", "estimated (every prediction, no labels needed)"),
+            ("realised", "#333333", "--", "realised (labelled predictions)"),
+        ):
+            xs = [t for t, p in zip(times, points, strict=True) if p.accuracy.get(key) is not None]
+            ys = [p.accuracy[key] for p in points if p.accuracy.get(key) is not None]
+            line = ax.plot(
+                xs, ys, marker="o", markersize=3, color=colour, linestyle=style, linewidth=1.5, label=label
+            )
+            line[0].set_gid(f"{chart_id}-{key}")
+        for mark in marks:
+            ax.axvline(datetime.fromtimestamp(mark.ts, UTC), color=mark.colour, linewidth=1, linestyle=":")
+        ax.set_title(title, fontsize="medium")
+        ax.set(ylabel="accuracy", ylim=(0, 1.02), xlabel="prediction time (UTC)")
+        ax.grid(True, color="#eeeeee")
+        ax.legend(loc="lower left", fontsize="small")
         locator = mdates.AutoDateLocator(minticks=3, maxticks=7)  # type: ignore[no-untyped-call]
         ax.xaxis.set_major_locator(locator)
         ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]

@@ -94,12 +94,27 @@ def series_charts(
     histogram_title = f"Confidence, {view.window} window against its reference period"
 
     history_key = ("history", *key[:3])
-    pending = HISTORY_READERS.submit(load_history) if history_key not in cache else None
+    cached = history_key in cache and ("accuracy", *key[:3]) in cache
+    pending = HISTORY_READERS.submit(load_history) if not cached else None
+
+    loaded: list[History] = []
+
+    def history() -> History:
+        if not loaded:
+            loaded.append(pending.result(HISTORY_TIMEOUT_SECONDS) if pending is not None else load_history())
+        return loaded[0]
 
     def history_chart() -> str:
-        found = pending.result(HISTORY_TIMEOUT_SECONDS) if pending is not None else load_history()
+        found = history()
         title = f"ECE and label coverage by prediction time, per {_duration(found.step)} (sketch buckets)"
         return charts.over_time("history", found.points, found.marks, title)
+
+    def accuracy_chart() -> str:
+        found = history()
+        title = (
+            f"Accuracy by prediction time, per {_duration(found.step)}: estimated (label-free) vs realised"
+        )
+        return charts.accuracy_over_time("accuracy", found.points, found.marks, title)
 
     return {
         "reliability": cache.get(
@@ -109,6 +124,7 @@ def series_charts(
             ("histogram", *key), lambda: charts.histogram("histogram", histogram_title, series)
         ),
         "history": cache.get(history_key, history_chart),
+        "accuracy": cache.get(("accuracy", *key[:3]), accuracy_chart),
     }
 
 

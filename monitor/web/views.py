@@ -15,6 +15,8 @@ from typing import Any
 from sqlalchemy import Connection
 
 import monitor.charts as charts
+from monitor.calibration.estimate import estimate_accuracy
+from monitor.calibration.sketch import CalibrationSketch
 from monitor.config import Settings, parse_duration
 from monitor.evaluation.snapshot import Snapshot
 from monitor.evaluation.windows import WindowStats
@@ -138,7 +140,7 @@ def coverage_of(stats: WindowStats | None) -> dict[str, Any]:
     """
     if stats is None or not stats.predictions:
         return {"window": None, "predictions": 0, "labelled": 0, "coverage": None, "measured": None,
-                "estimated": None}  # fmt: skip
+                "estimated": None, "lower": None, "upper": None, "check": None}  # fmt: skip
     return {
         "window": stats.window,
         "predictions": stats.predictions,
@@ -146,6 +148,9 @@ def coverage_of(stats: WindowStats | None) -> dict[str, Any]:
         "coverage": stats.label_coverage,
         "measured": stats.accuracy,
         "estimated": stats.confidence_sum / stats.predictions,
+        "lower": stats.estimated_accuracy_lower,
+        "upper": stats.estimated_accuracy_upper,
+        "check": stats.estimate_check,
     }
 
 
@@ -328,5 +333,22 @@ def over_time_points(
         }
         predictions = counts.predictions if counts else 0
         labelled = counts.labelled if counts else 0
-        points.append(charts.TimePoint(start, predictions, labelled, ece))
+        points.append(
+            charts.TimePoint(
+                start, predictions, labelled, ece, _accuracy(found.get((Score.CALIBRATED, start)))
+            )
+        )
     return points
+
+
+def _accuracy(sketch: CalibrationSketch | None) -> dict[str, float | None]:
+    """A period's label-free estimate (its own labels judging the calibrator) and realised accuracy."""
+    estimate = estimate_accuracy(sketch) if sketch is not None else None
+    if sketch is None or estimate is None:
+        return {}
+    return {
+        "estimated": estimate.estimate,
+        "lower": estimate.lower,
+        "upper": estimate.upper,
+        "realised": sketch.accuracy() if sketch.labelled else None,
+    }

@@ -179,18 +179,27 @@ def test_history_equals_a_recomputation_from_the_raw_rows(fed: Fed, settings: Se
     p, correct, ts = fed.rows["b"]
     with engine.connect() as conn:
         since, step = views.time_span(conn, "qa", now, settings.evaluation.bucket_seconds)
-        points = views.over_time_points(conn, settings, "qa", "b", since, step, now)
-    assert step % settings.evaluation.bucket_seconds == 0 and len(points) <= views.HISTORY_POINTS
+        periods = views.over_time_points(conn, settings, "qa", "b", since, step, now)
+    assert step % settings.evaluation.bucket_seconds == 0 and len(periods) <= views.HISTORY_POINTS
     compared = 0
-    for point in points:
+    for point in periods:
         inside = (ts >= point.start) & (ts < point.start + step)
         assert point.predictions == inside.sum() and point.labelled == inside.sum()
         if inside.any():
             assert point.ece["raw"] == pytest.approx(
                 expected_calibration_error(p[inside], correct[inside], 15)
             )
+            # served = raw here (identity until the refit, which came after these predictions)
+            assert point.accuracy["estimated"] == pytest.approx(p[inside].mean(), rel=1e-9)
+            assert point.accuracy["realised"] == pytest.approx(correct[inside].mean(), rel=1e-9)
+            lower, upper = point.accuracy["lower"], point.accuracy["upper"]
+            assert lower is not None and upper is not None and lower <= p[inside].mean() <= upper
             compared += 1
     assert compared >= 10
+    html = fed.client.get("/models/qa", params={"segment": "b", "window": "6h"}).text
+    assert "estimated from every served confidence" in html
+    drawn = points(html, "accuracy", "accuracy-estimated")  # one marker per period with predictions
+    assert len(drawn) == sum(1 for point in periods if point.accuracy.get("estimated") is not None) >= 10
 
 
 def test_decision_report_page_explains_the_gate(fed: Fed) -> None:
