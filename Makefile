@@ -53,6 +53,7 @@ bench: $(STAMP) services
 	$(PY) benchmarks/pages.py --out benchmarks/RESULTS.md
 	$(PY) benchmarks/client.py --out benchmarks/RESULTS.md
 	$(PY) benchmarks/accuracy.py --out benchmarks/RESULTS.md
+	$(PY) benchmarks/advice.py --out benchmarks/RESULTS.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
