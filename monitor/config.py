@@ -193,8 +193,40 @@ class ModelDriftOverride(_Section):
     accuracy_floor: float | None = Field(None, gt=0, lt=1)
 
 
+Targets = list[float]
+
+
+def _targets(value: Targets | None) -> Targets | None:
+    if value is None:
+        return value
+    if len(value) > 10 or len(set(value)) != len(value):
+        raise ValueError("at most 10 distinct targets (each is a label value of calmon_advised_*)")
+    if any(not 0.0 < t < 1.0 for t in value):
+        raise ValueError("every target precision lies strictly between 0 and 1")
+    return sorted(value)
+
+
+class AdviceConfig(_Section):
+    """Threshold advice (selective prediction): per target precision among accepted answers, the
+    lowest calibrated-confidence threshold that reaches it with probability >= 1 - alpha."""
+
+    targets: Targets = Field(default_factory=lambda: [0.9, 0.95, 0.99])
+    alpha: float = Field(0.05, gt=0, lt=0.5)
+
+    @field_validator("targets")
+    @classmethod
+    def _valid_targets(cls, value: Targets) -> Targets:
+        return _targets(value) or []
+
+
 class SegmentConfig(_Section):
     drift: ModelDriftOverride = Field(default_factory=ModelDriftOverride)
+    advice_targets: Targets | None = None  # overrides advice.targets and the model's
+
+    @field_validator("advice_targets")
+    @classmethod
+    def _valid_targets(cls, value: Targets | None) -> Targets | None:
+        return _targets(value)
 
     @field_validator("drift")
     @classmethod
@@ -210,6 +242,12 @@ class ModelConfig(_Section):
     segments: dict[str, SegmentConfig] = Field(default_factory=dict)  # per-segment drift overrides
     token_aggregation: TokenAggregation = "mean"  # noqa: S105 (not a secret)
     max_segments: int | None = Field(None, ge=1)
+    advice_targets: Targets | None = None  # overrides advice.targets for this model
+
+    @field_validator("advice_targets")
+    @classmethod
+    def _valid_targets(cls, value: Targets | None) -> Targets | None:
+        return _targets(value)
 
 
 class TokenConfig(_Section):
@@ -360,6 +398,7 @@ class Settings(BaseSettings):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     notifications: list[NotificationConfig] = Field(default_factory=list)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    advice: AdviceConfig = Field(default_factory=AdviceConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
@@ -395,6 +434,14 @@ class Settings(BaseSettings):
     def max_segments_for(self, model: str) -> int:
         """Segments of ``model`` with a series of their own; later ones are folded into ``other``."""
         return self.model_config_for(model).max_segments or self.evaluation.max_segments
+
+    def advice_targets_for(self, model: str, segment: str) -> Targets:
+        """Target precisions advised for one series: the segment's, else the model's, else advice.targets."""
+        model_cfg = self.model_config_for(model)
+        own = model_cfg.segments.get(segment)
+        if own is not None and own.advice_targets is not None:
+            return own.advice_targets
+        return model_cfg.advice_targets if model_cfg.advice_targets is not None else self.advice.targets
 
     def drift_for(self, model: str, segment: str) -> DriftConfig:
         """Drift thresholds for one series: defaults, then the model's, then the segment's overrides."""

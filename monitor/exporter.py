@@ -108,6 +108,29 @@ def estimate_families(stats: list[WindowStats], floor_of: FloorOf | None = None)
     yield from (*families.values(), floor)
 
 
+def advice_families(stats: list[WindowStats]) -> Iterator[Metric]:
+    """Per target precision: the advised calibrated-confidence threshold and the share it accepts."""
+    labels = ("model", "segment", "window", "target")
+    threshold = _gauge(
+        "calmon_advised_threshold",
+        "Lowest calibrated confidence to accept for the target precision among accepted answers "
+        "(met with probability >= 1 - advice.alpha); absent when no threshold reaches the target",
+        labels,
+    )
+    coverage = _gauge(
+        "calmon_advised_coverage",
+        "Share of the window's predictions the advised threshold accepts (0: none)",
+        labels,
+    )
+    for s in stats:
+        for advice in s.advice:
+            values = [s.model, s.segment, s.window, f"{advice['target']:g}"]
+            if advice["threshold"] is not None:
+                threshold.add_metric(values, float(advice["threshold"]))
+            coverage.add_metric(values, float(advice["coverage"]))
+    yield from (threshold, coverage)
+
+
 def window_families(stats: list[WindowStats]) -> Iterator[Metric]:
     """Every per-window gauge family of one snapshot."""
     families = {name: _gauge(name, doc) for name, (doc, _) in SCALARS.items()}
@@ -230,6 +253,7 @@ class SnapshotCollector(Collector):
         snapshot = self._holder.get()
         yield from window_families(snapshot.stats if snapshot is not None else [])
         yield from estimate_families(snapshot.stats if snapshot is not None else [], self._floor_of)
+        yield from advice_families(snapshot.stats if snapshot is not None else [])
         yield from state_families(snapshot)
         yield from binned_families(self._binned)
 

@@ -66,7 +66,14 @@ def test_golden_exposition(sqlite_url: str) -> None:
     binned = fixed_dataset(engine)
     with engine.connect() as conn:
         stats = evaluate(
-            conn, [WindowSpec("1h", 3600), WindowSpec("24h", 86400)], NOW, 300, 120, 15, n_boot=200
+            conn,
+            [WindowSpec("1h", 3600), WindowSpec("24h", 86400)],
+            NOW,
+            300,
+            120,
+            15,
+            n_boot=200,
+            advice_targets=lambda model, segment: [0.3, 0.6, 0.9],
         )
     engine.dispose()
     holder = SnapshotHolder()

@@ -52,37 +52,34 @@ class ThresholdAdvice:
         return "accept" if self.threshold is not None and confidence >= self.threshold else "review"
 
 
-def risk_coverage(sketch: CalibrationSketch, alpha: float = 0.05) -> list[RiskCoveragePoint]:
-    """Coverage and precision of accepting at each fine-bin edge, from the highest threshold down."""
+def _curve(sketch: CalibrationSketch) -> tuple[np.ndarray, ...]:
+    """Per fine-bin edge, highest first: threshold, coverage, accepted labels, correct, expected correct."""
     m = sketch.moments
     n_all = float(m[Moment.N].sum())
-    accepted = np.cumsum(m[Moment.N][::-1])[::-1]  # predictions at or above each bin's lower edge
-    labelled = np.cumsum(m[Moment.N_L][::-1])[::-1]
-    correct = np.cumsum(m[Moment.SY][::-1])[::-1]
-    points = []
-    for k in range(sketch.fine_bins - 1, -1, -1):
-        n, right = round(float(labelled[k])), round(float(correct[k]))
-        lower = float(beta.ppf(alpha, right, n - right + 1)) if right > 0 else 0.0
-        points.append(
-            RiskCoveragePoint(
-                threshold=k / sketch.fine_bins,
-                coverage=float(accepted[k]) / n_all if n_all else 0.0,
-                labelled=n,
-                precision=right / n if n else None,
-                precision_lower=lower if n else None,
-            )
+    suffix = [
+        np.cumsum(m[k][::-1]) for k in (Moment.N, Moment.N_L, Moment.SY, Moment.S1)
+    ]  # highest edge first
+    thresholds = np.arange(sketch.fine_bins - 1, -1, -1) / sketch.fine_bins
+    coverage = suffix[0] / n_all if n_all else np.zeros(sketch.fine_bins)
+    return thresholds, coverage, np.rint(suffix[1]), np.rint(suffix[2]), suffix[3]
+
+
+def risk_coverage(sketch: CalibrationSketch, alpha: float = 0.05) -> list[RiskCoveragePoint]:
+    """Coverage and precision of accepting at each fine-bin edge, from the highest threshold down."""
+    thresholds, coverage, labelled, correct, _ = _curve(sketch)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lower = np.where(correct > 0, beta.ppf(alpha, correct, labelled - correct + 1), 0.0)
+        precision = correct / labelled
+    return [
+        RiskCoveragePoint(
+            threshold=float(thresholds[i]),
+            coverage=float(coverage[i]),
+            labelled=int(labelled[i]),
+            precision=float(precision[i]) if labelled[i] else None,
+            precision_lower=float(lower[i]) if labelled[i] else None,
         )
-    return points
-
-
-def _power(n: int, expected: float, target: float, alpha: float) -> float:
-    """Chance the test passes at ``n`` accepted labels if precision is what the confidences say."""
-    if n == 0 or expected <= target:
-        return 0.0
-    needed = int(binom.isf(alpha, n, target)) + 1  # the fewest correct answers that pass
-    while needed > 0 and binom.sf(needed - 2, n, target) <= alpha:
-        needed -= 1
-    return float(binom.sf(needed - 1, n, expected))
+        for i in range(thresholds.size)
+    ]
 
 
 def advise(sketch: CalibrationSketch, target: float, alpha: float = 0.05) -> ThresholdAdvice:
@@ -96,35 +93,27 @@ def advise(sketch: CalibrationSketch, target: float, alpha: float = 0.05) -> Thr
     """
     if not 0.0 < target < 1.0:
         raise ValueError(f"target precision must lie in (0, 1), got {target}")
-    points = risk_coverage(sketch, alpha)
-    expected_sums = np.cumsum(sketch.moments[Moment.S1][::-1])[::-1]
-    powers = [
-        _power(
-            p.labelled,
-            float(expected_sums[round(p.threshold * sketch.fine_bins)]) / p.labelled,
-            target,
-            alpha,
-        )
-        if p.labelled
-        else 0.0
-        for p in points
-    ]
-    start = int(np.argmax(powers))  # the first (highest threshold) of the most powerful
-    advised: RiskCoveragePoint | None = None
-    if powers[start] > 0:
-        for point in points[start:]:
-            right = round((point.precision or 0.0) * point.labelled)
-            if float(binom.sf(right - 1, point.labelled, target)) > alpha:
-                break
-            advised = point
+    thresholds, coverage, labelled, correct, expected_sum = _curve(sketch)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        expected = np.where(labelled > 0, expected_sum / labelled, 0.0)
+    needed = binom.ppf(1 - alpha, labelled, target) + 1  # the fewest correct answers that pass
+    power = np.where((labelled > 0) & (expected > target), binom.sf(needed - 1, labelled, expected), 0.0)
+    passes = (labelled > 0) & (binom.sf(correct - 1, labelled, target) <= alpha)
+    start = int(np.argmax(power))  # the first (highest threshold) of the most powerful
+    advised = None
+    if power[start] > 0:
+        failed = np.flatnonzero(~passes[start:])
+        last = start + (failed[0] if failed.size else passes.size - start) - 1
+        advised = last if last >= start else None
     if advised is None:
         return ThresholdAdvice(target, None, 0.0, None, None, 0, alpha)
+    n, right = int(labelled[advised]), int(correct[advised])
     return ThresholdAdvice(
         target,
-        advised.threshold,
-        advised.coverage,
-        advised.precision,
-        advised.precision_lower,
-        advised.labelled,
+        float(thresholds[advised]),
+        float(coverage[advised]),
+        right / n,
+        float(beta.ppf(alpha, right, n - right + 1)) if right else 0.0,
+        n,
         alpha,
     )

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from monitor.collector.schemas import ErrorResponse, Rejection
 
 __all__ = [
+    "AdviceOut",
+    "AdviceResponse",
     "CalibrateResponse",
     "CalibratorOut",
     "CalibratorsResponse",
@@ -64,6 +66,28 @@ class ModelSummary(_Out):
 
 class ModelsResponse(_Out):
     models: list[ModelSummary]
+
+
+class AdviceOut(_Out):
+    target: float = Field(description="Precision wanted among accepted answers")
+    threshold: float | None = Field(
+        description="Accept at or above this calibrated confidence (None: unreachable)"
+    )
+    coverage: float = Field(description="Share of the window's predictions accepted")
+    precision: float | None = Field(description="Realised precision of the labelled accepted answers")
+    precision_lower: float | None = Field(description="Its one-sided exact lower bound at 1 - alpha")
+    labelled: int
+    alpha: float
+
+
+class AdviceResponse(_Out):
+    model: str
+    segment: str
+    window: str
+    evaluated_at: float
+    labelled: int
+    advice: list[AdviceOut]
+    guarantee: str
 
 
 class WindowSummary(_Out):

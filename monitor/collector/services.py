@@ -298,7 +298,10 @@ class Services:
         summary["evidence"] = [e for e in snapshot.evidence if e["model"] == model] if snapshot else []
         return summary
 
-    def reliability(self, model: str, segment: str, window: str | None, score: str) -> dict[str, Any]:
+    def window_stats(
+        self, model: str, segment: str, window: str | None, score: str
+    ) -> tuple[float, WindowStats]:
+        """One window of the latest evaluation (when it ran, and its statistics), or a 4xx naming why."""
         if score not in tuple(Score):
             raise ApiError(422, "score must be 'raw' or 'calibrated'", "score")
         windows = self.settings.evaluation.windows
@@ -316,9 +319,34 @@ class Services:
                 raise ApiError(404, f"no data for model {model!r}", "model")
             message = f"no data for segment {segment!r} of model {model!r} in window {window}"
             raise ApiError(404, message, "segment")
+        return snapshot.created_at, stats
+
+    def advice(self, model: str, segment: str, window: str | None, target: float | None) -> dict[str, Any]:
+        """The advised threshold(s) of one calibrated window: every configured target, or one."""
+        evaluated_at, stats = self.window_stats(model, segment, window, Score.CALIBRATED)
+        targets = self.settings.advice_targets_for(model, stats.segment)
+        if target is not None and target not in targets:
+            raise ApiError(422, f"target must be one of the configured advice targets {targets}", "target")
+        advice = [a for a in stats.advice if target is None or a["target"] == target]
+        return {
+            "model": model,
+            "segment": stats.segment,
+            "window": stats.window,
+            "evaluated_at": evaluated_at,
+            "labelled": stats.labelled,
+            "advice": advice,
+            "guarantee": (
+                "accepting answers whose calibrated confidence is at least `threshold` gives a precision "
+                "of at least `target` with probability >= 1 - alpha on traffic like this window's "
+                "(fixed-sequence test of the thresholds); the threshold moves when the calibrator changes"
+            ),
+        }
+
+    def reliability(self, model: str, segment: str, window: str | None, score: str) -> dict[str, Any]:
+        evaluated_at, stats = self.window_stats(model, segment, window, score)
         return {
             **window_summary(stats),
-            "evaluated_at": snapshot.created_at,
+            "evaluated_at": evaluated_at,
             "bins": stats.reliability,
             "histogram": stats.histogram,
             "reference_histogram": stats.reference_histogram,

@@ -163,7 +163,14 @@ class EvaluationTick:
             conn.rollback()
         series_of = registered_series(positions, self.settings.max_segments_for)
         stats = evaluate_periods(
-            self.windows, periods, cfg.ece_bins, series_of, cfg.bootstrap_draws, reference=reference
+            self.windows,
+            periods,
+            cfg.ece_bins,
+            series_of,
+            cfg.bootstrap_draws,
+            reference=reference,
+            advice_targets=self.settings.advice_targets_for,
+            advice_alpha=self.settings.advice.alpha,
         )
         mark_calibrator_changes(stats, {w.name: w.seconds for w in self.windows}, changes, now)
         calibrators = [

@@ -11,12 +11,13 @@ series has segment ``*``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from sqlalchemy import Connection
 
+from monitor.calibration.advice import advise
 from monitor.calibration.drift import js_distance, psi
 from monitor.calibration.estimate import AccuracyEstimate, estimate_accuracy, labelled_bias
 from monitor.calibration.sketch import CalibrationSketch, Moment
@@ -27,6 +28,7 @@ from monitor.vocabulary import MODEL_WIDE, OTHER_SEGMENT, Score
 __all__ = [
     "WindowSpec",
     "WindowStats",
+    "add_advice",
     "cap_segments",
     "evaluate",
     "evaluate_periods",
@@ -81,6 +83,8 @@ class WindowStats:
     estimate_bias: float | None = None
     estimate_bias_window: str | None = None
     estimate_check: str | None = None
+    # Threshold advice per configured target precision (calibrated score only; calibration.advice)
+    advice: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         # Shallow: the reliability rows and the histogram are shared, not copied (read-only, and
@@ -159,6 +163,19 @@ def measure_bias(
             _set_estimate(s, own, donor.window)
 
 
+def add_advice(
+    results: list[WindowStats],
+    sketches: dict[tuple[SeriesKey, str], CalibrationSketch],
+    targets_of: Callable[[str, str], Sequence[float]],
+    alpha: float,
+) -> None:
+    """Each calibrated window's advised threshold for each target precision of its series."""
+    for s in results:
+        if s.score == Score.CALIBRATED and s.labelled:
+            sketch = sketches[((s.model, s.segment, s.score), s.window)]
+            s.advice = [asdict(advise(sketch, target, alpha)) for target in targets_of(s.model, s.segment)]
+
+
 def cap_segments(
     sketches: dict[SeriesKey, CalibrationSketch], series_of: Callable[[str, str], str] | None = None
 ) -> dict[SeriesKey, CalibrationSketch]:
@@ -183,6 +200,8 @@ def evaluate_periods(
     series_of: Callable[[str, str], str] | None = None,
     n_boot: int = 500,
     reference: dict[SeriesKey, CalibrationSketch] | None = None,
+    advice_targets: Callable[[str, str], Sequence[float]] | None = None,
+    advice_alpha: float = 0.05,
 ) -> list[WindowStats]:
     """WindowStats from (current, previous) sketches per window, e.g. from RollingWindows. Both
     periods map segments the same way, so a segment's data never moves between series over time.
@@ -205,6 +224,8 @@ def evaluate_periods(
             results.append(window_stats(key, spec.name, current[key], previous.get(key), ece_bins, n_boot))
             sketches[(key, spec.name)] = current[key]
     measure_bias(results, sketches)
+    if advice_targets is not None:
+        add_advice(results, sketches, advice_targets, advice_alpha)
     return results
 
 
@@ -217,6 +238,7 @@ def evaluate(
     ece_bins: int,
     cap_of: CapOf | None = None,
     n_boot: int = 500,
+    advice_targets: Callable[[str, str], Sequence[float]] | None = None,
 ) -> list[WindowStats]:
     """WindowStats for every series and window, summing the buckets in the database (no state)."""
     periods = {}
@@ -227,7 +249,7 @@ def evaluate(
             load_sketches(conn, fine_bins, since=since - spec.seconds, until=since),
         )
     series_of = registered_series(load_positions(conn), cap_of) if cap_of is not None else None
-    return evaluate_periods(windows, periods, ece_bins, series_of, n_boot)
+    return evaluate_periods(windows, periods, ece_bins, series_of, n_boot, advice_targets=advice_targets)
 
 
 def mark_calibrator_changes(

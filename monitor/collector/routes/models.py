@@ -10,6 +10,7 @@ from starlette.responses import Response
 from monitor.collector.deps import ROW_ID_MAX, ModelName, NameQuery, OptionalNameQuery, ServicesDep, require
 from monitor.collector.errors import JSONResponse
 from monitor.collector.responses import (
+    AdviceResponse,
     EventsResponse,
     ModelDetail,
     ModelsResponse,
@@ -54,6 +55,22 @@ def get_reliability(
     score: Annotated[str, Query(max_length=16)] = Score.CALIBRATED.value,
 ) -> Response:
     return JSONResponse(services.reliability(model, segment, window, score))
+
+
+@router.get(
+    "/v1/models/{model}/advice",
+    response_model=AdviceResponse,
+    responses=errors(404, 422),
+    summary="Advised calibrated-confidence thresholds per target precision (selective prediction)",
+)
+def get_advice(
+    model: ModelName,
+    services: ServicesDep,
+    segment: Annotated[str, NameQuery] = MODEL_WIDE,
+    window: Annotated[str | None, Query(max_length=16)] = None,
+    target: Annotated[float | None, Query(gt=0, lt=1)] = None,
+) -> Response:
+    return JSONResponse(services.advice(model, segment, window, target))
 
 
 @router.get(
