@@ -228,6 +228,14 @@ class CalibrateResult(_Out):
     raw_confidence: float
     calibrated_confidence: float
     calibrator_version: str
+    action: str | None = Field(
+        None, description='With ?target=: "accept" at or above the advised threshold, else "review"'
+    )
+    threshold: float | None = Field(
+        None, description="With ?target=: the advised threshold applied (None: none)"
+    )
+    advice_window: str | None = Field(None, description="With ?target=: the window whose advice was applied")
+    advice_reason: str | None = Field(None, description="With ?target=: why there was no threshold to apply")
 
 
 class CalibrateResponse(_Out):

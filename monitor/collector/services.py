@@ -38,7 +38,7 @@ from monitor.store.records import PredictionRow
 from monitor.store.reports import load_report
 from monitor.store.segments import SegmentMap, load_positions
 from monitor.telemetry import ServiceMetrics
-from monitor.vocabulary import OTHER_SEGMENT, EventKind, FeedbackOutcome, Score
+from monitor.vocabulary import MODEL_WIDE, OTHER_SEGMENT, EventKind, FeedbackOutcome, Score
 
 __all__ = ["Notify", "Services", "model_summary", "window_summary"]
 
@@ -66,8 +66,15 @@ def _merge_segments(
         folded += name != s.segment
         into = merged.get(name)
         if into is None:
-            merged[name] = SegmentCounts(name, s.predictions, s.labelled, s.correct,
-                                         s.raw_confidence_sum_labelled, s.first_ts, s.last_ts)  # fmt: skip
+            merged[name] = SegmentCounts(
+                name,
+                s.predictions,
+                s.labelled,
+                s.correct,
+                s.raw_confidence_sum_labelled,
+                s.first_ts,
+                s.last_ts,
+            )
             continue
         into.predictions += s.predictions
         into.labelled += s.labelled
@@ -257,7 +264,7 @@ class Services:
             "rejected": [r.model_dump() for r in rejected],
         }
 
-    def calibrate(self, body: bytes) -> dict[str, Any]:
+    def calibrate(self, body: bytes, target: float | None = None) -> dict[str, Any]:
         items = parse_body(body, "records", self.settings.limits)
         prepared, rejected = prepare_calibration(items, self.settings.limits, self.aggregation_for)
         if rejected and not prepared:
@@ -265,15 +272,54 @@ class Services:
         results = []
         for index, record, raw, kind, vector in prepared:
             values, version = self.scorer.score(record.model, record.segment, [raw], [(kind, vector)])
-            results.append(
-                {
-                    "index": index,
-                    "raw_confidence": raw,
-                    "calibrated_confidence": values[0],
-                    "calibrator_version": version,
-                }
-            )
+            result = {
+                "index": index,
+                "raw_confidence": raw,
+                "calibrated_confidence": values[0],
+                "calibrator_version": version,
+            }
+            if target is not None:
+                result.update(self.action(record.model, record.segment, target, values[0]))
+            results.append(result)
         return {"results": results, "rejected": [r.model_dump() for r in rejected]}
+
+    def action(self, model: str, segment: str, target: float, confidence: float) -> dict[str, Any]:
+        """Accept or review a calibrated confidence by the advice for ``target`` of its series (its
+        segment, else the model-wide series), taken from the window with the most labels. No advice
+        (no labels, target unreachable or not configured) means review: the conservative choice."""
+        snapshot = self.snapshots.get()
+        stats = []
+        for series in (segment, MODEL_WIDE):
+            stats = [
+                s
+                for s in (snapshot.for_model(model) if snapshot else [])
+                if s.segment == series and s.score == Score.CALIBRATED and s.labelled
+            ]
+            if stats:
+                break
+        if not stats:
+            return {
+                "action": "review",
+                "threshold": None,
+                "advice_window": None,
+                "advice_reason": "no labelled predictions evaluated for this series yet",
+            }
+        best = max(stats, key=lambda s: s.labelled)
+        advice = next((a for a in best.advice if a["target"] == target), None)
+        if advice is None:
+            targets = self.settings.advice_targets_for(model, best.segment)
+            reason = f"target {target:g} is not among the advice targets {targets} of this series"
+        elif advice["threshold"] is None:
+            reason = f"no threshold reaches a precision of {target:g} with the labels so far"
+        else:
+            accept = confidence >= advice["threshold"]
+            return {
+                "action": "accept" if accept else "review",
+                "threshold": advice["threshold"],
+                "advice_window": best.window,
+                "advice_reason": None,
+            }
+        return {"action": "review", "threshold": None, "advice_window": best.window, "advice_reason": reason}
 
     # ------------------------------------------------------------------------------------ read
     def list_models(self) -> list[dict[str, Any]]:

@@ -72,6 +72,33 @@ def test_advice_per_target_matches_a_direct_computation_and_is_exported(
         assert client.get("/v1/models/nope/advice").status_code == 404
         assert client.get("/v1/models/llm/advice", params={"segment": "nope"}).json()["field"] == "segment"
         assert client.get("/v1/models/llm/advice", params={"target": 1.5}).status_code == 422
+        threshold = easy["advice"][0]["threshold"]
+        decided = client.post(
+            "/v1/calibrate",
+            params={"target": 0.9},
+            json={
+                "records": [
+                    {"model": "llm", "segment": "easy", "confidence": c}
+                    for c in (threshold, threshold - 0.01)
+                ]
+            },
+        ).json()["results"]
+        assert [r["action"] for r in decided] == ["accept", "review"]  # identity serves c as sent
+        # the window with the most labels (a tie here: all 6000 in both, the first configured wins)
+        assert {r["advice_window"] for r in decided} == {"1h"} and decided[0]["threshold"] == threshold
+        other = client.post(
+            "/v1/calibrate",
+            params={"target": 0.97},
+            json={"records": [{"model": "llm", "segment": "easy", "confidence": 0.99}]},
+        )
+        assert other.json()["results"][0]["action"] == "review"
+        assert "not among the advice targets [0.9, 0.95]" in other.json()["results"][0]["advice_reason"]
+        unknown = client.post(
+            "/v1/calibrate", params={"target": 0.9}, json={"records": [{"model": "new", "confidence": 0.99}]}
+        ).json()["results"][0]
+        assert unknown["action"] == "review" and "no labelled predictions" in unknown["advice_reason"]
+        plain = client.post("/v1/calibrate", json={"records": [{"model": "llm", "confidence": 0.9}]}).json()
+        assert plain["results"][0].get("action") is None
         detail = client.get("/v1/models/llm").json()
         windows = [w for w in detail["windows"] if w["score"] == "calibrated" and w["segment"] == "easy"]
         assert all(len(w["advice"]) == 2 for w in windows)

@@ -198,6 +198,8 @@ def test_history_equals_a_recomputation_from_the_raw_rows(fed: Fed, settings: Se
     assert compared >= 10
     html = fed.client.get("/models/qa", params={"segment": "b", "window": "6h"}).text
     assert "estimated from every served confidence" in html
+    advice = re.search(r'<table class="advice">(.*?)</table>', html, re.S)
+    assert advice is not None and advice.group(1).count("<tr><td") == len(settings.advice.targets)
     drawn = points(html, "accuracy", "accuracy-estimated")  # one marker per period with predictions
     assert len(drawn) == sum(1 for point in periods if point.accuracy.get("estimated") is not None) >= 10
 

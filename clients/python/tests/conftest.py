@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -21,6 +22,7 @@ class Seen:
     headers: dict[str, str]
     body: Any
     at: float
+    query: dict[str, list[str]] = field(default_factory=dict)
 
 
 Answer = tuple[int, dict[str, str], Any]
@@ -56,6 +58,27 @@ def calmon_like(request: Seen) -> Answer:
         return 200, {}, {"matched": n, "pending": 0, "duplicates": 0, "conflicts": 0, "rejected": []}
     if request.path == "/v1/calibrate":
         r = request.body["records"][0]
+        if "target" in request.query:  # calmon's advice: accept at or above 0.7
+            action = "accept" if r["confidence"] * 0.9 >= 0.7 else "review"
+            return (
+                200,
+                {},
+                {
+                    "results": [
+                        {
+                            "index": 0,
+                            "raw_confidence": r["confidence"],
+                            "calibrated_confidence": r["confidence"] * 0.9,
+                            "calibrator_version": "3",
+                            "action": action,
+                            "threshold": 0.7,
+                            "advice_window": "24h",
+                            "advice_reason": None,
+                        }
+                    ],
+                    "rejected": [],
+                },
+            )
         return (
             200,
             {},
@@ -89,9 +112,9 @@ class ScriptedStandin:
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", 0))
                 body = json.loads(self.rfile.read(length) or b"null")
-                request = Seen(
-                    self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.monotonic()
-                )
+                url = urlsplit(self.path)
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                request = Seen(url.path, headers, body, time.monotonic(), parse_qs(url.query))
                 standin.seen.append(request)
                 if standin.delay:
                     time.sleep(standin.delay)

@@ -173,6 +173,21 @@ def test_inline_calibration_answers_and_falls_back_to_the_raw_score_in_time(stan
         assert len([s for s in standin.seen if s.path == "/v1/calibrate"]) == 2
 
 
+def test_calibrate_with_a_target_returns_calmons_advice_and_reviews_on_fallback(
+    standin: ScriptedStandin, dead_url: str
+) -> None:
+    with Client(standin.url) as client:
+        high = client.calibrate("m", confidence=0.9, target=0.95)
+        low = client.calibrate("m", confidence=0.5, target=0.95)
+        plain = client.calibrate("m", confidence=0.9)
+    assert (high.action, high.threshold, low.action) == ("accept", 0.7, "review")
+    assert plain.action is None and plain.threshold is None
+    assert [s.query for s in standin.seen] == [{"target": ["0.95"]}, {"target": ["0.95"]}, {}]
+    with Client(dead_url, calibrate_timeout=0.2) as down:
+        fallback = down.calibrate("m", confidence=0.99, target=0.9)
+    assert fallback.fallback and fallback.action == "review"  # no advice: the conservative choice
+
+
 def test_log_with_wait_returns_the_calibrated_score_or_queues_the_record(standin: ScriptedStandin) -> None:
     with Client(
         standin.url, calibrate_timeout=0.3, breaker_seconds=0.01, flush_interval=0.05, retry=FAST

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
@@ -45,6 +47,11 @@ async def post_feedback(request: Request, limits: LimitsDep, services: ServicesD
     responses=WRITE_ERRORS,
     summary="Calibrate scores without logging them (for pipelines that log elsewhere)",
 )
-async def post_calibrate(request: Request, limits: LimitsDep, services: ServicesDep) -> Response:
+async def post_calibrate(
+    request: Request,
+    limits: LimitsDep,
+    services: ServicesDep,
+    target: Annotated[float | None, Query(gt=0, lt=1, description="Also say accept/review for it")] = None,
+) -> Response:
     body = await read_body(request, limits.max_body_bytes)
-    return JSONResponse(await run_in_threadpool(services.calibrate, body))
+    return JSONResponse(await run_in_threadpool(services.calibrate, body, target))

@@ -142,9 +142,10 @@ class AsyncClient(ClientCore):
         token_logprobs: Sequence[float] | None = None,
         segment: str | None = None,
         predicted: str | int | None = None,
+        target: float | None = None,
     ) -> Calibrated:
         record = score_record(model, segment, predicted, confidence, probs, logits, token_logprobs)
-        return await self._inline(CALIBRATE, record)
+        return await self._inline(CALIBRATE, record, target)
 
     async def flush(self, timeout: float | None = 30.0) -> bool:
         """Deliver everything logged so far; False if that did not finish within ``timeout``."""
@@ -226,20 +227,24 @@ class AsyncClient(ClientCore):
         finally:
             self.in_flight = None
 
-    async def _inline(self, path: str, record: dict[str, Any]) -> Calibrated:
-        prepared = self.inline_request(path, record)
+    async def _inline(self, path: str, record: dict[str, Any], target: float | None = None) -> Calibrated:
+        prepared = self.inline_request(path, record, target)
         if isinstance(prepared, InlineAnswer):
             answer = prepared
         else:
             try:
                 response = await self._http.post(
-                    path, content=prepared, headers=JSON_HEADERS, timeout=self.calibrate_timeout
+                    path,
+                    content=prepared,
+                    headers=JSON_HEADERS,
+                    timeout=self.calibrate_timeout,
+                    params={"target": target} if target is not None else None,
                 )
             except httpx.HTTPError as exc:
-                answer = self.unreachable(record, exc)
+                answer = self.unreachable(record, exc, target)
             else:
                 answer = self.inline_answer(
-                    path, record, response.status_code, response.headers, response.content
+                    path, record, response.status_code, response.headers, response.content, target
                 )
         if answer.retry and path == PREDICTION:
             self._put(path, record)

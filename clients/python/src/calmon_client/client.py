@@ -167,10 +167,12 @@ class Client(ClientCore):
         token_logprobs: Sequence[float] | None = None,
         segment: str | None = None,
         predicted: str | int | None = None,
+        target: float | None = None,
     ) -> Calibrated:
-        """The calibrated confidence of a score, without logging it (raw score as fallback)."""
+        """The calibrated confidence of a score, without logging it (raw score as fallback). With a
+        ``target`` precision, also calmon's advice: ``action`` "accept" or "review"."""
         record = score_record(model, segment, predicted, confidence, probs, logits, token_logprobs)
-        return self._inline(CALIBRATE, record)
+        return self._inline(CALIBRATE, record, target)
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Deliver everything logged so far; False if that did not finish within ``timeout``."""
@@ -261,20 +263,24 @@ class Client(ClientCore):
                 self.in_flight = None
                 self._progress.notify_all()
 
-    def _inline(self, path: str, record: dict[str, Any]) -> Calibrated:
-        prepared = self.inline_request(path, record)
+    def _inline(self, path: str, record: dict[str, Any], target: float | None = None) -> Calibrated:
+        prepared = self.inline_request(path, record, target)
         if isinstance(prepared, InlineAnswer):
             answer = prepared
         else:
             try:
                 response = self._http.post(
-                    path, content=prepared, headers=JSON_HEADERS, timeout=self.calibrate_timeout
+                    path,
+                    content=prepared,
+                    headers=JSON_HEADERS,
+                    timeout=self.calibrate_timeout,
+                    params={"target": target} if target is not None else None,
                 )
             except httpx.HTTPError as exc:
-                answer = self.unreachable(record, exc)
+                answer = self.unreachable(record, exc, target)
             else:
                 answer = self.inline_answer(
-                    path, record, response.status_code, response.headers, response.content
+                    path, record, response.status_code, response.headers, response.content, target
                 )
         if answer.retry and path == PREDICTION and self.queue_record(path, record):
             self._wake.set()

@@ -97,16 +97,18 @@ class ClientCore:
             return self.timeout
         return max(0.05, min(self.timeout, self.deadline - time.monotonic()))
 
-    def fallback(self, record: dict[str, Any], reason: str) -> Calibrated:
+    def fallback(self, record: dict[str, Any], reason: str, target: float | None = None) -> Calibrated:
         raw = raw_confidence(record, self.aggregation)
-        return Calibrated(raw, raw, None, fallback=True, reason=reason)
+        return Calibrated(raw, raw, None, fallback=True, reason=reason, action="review" if target else None)
 
-    def inline_request(self, path: str, record: dict[str, Any]) -> InlineAnswer | bytes:
+    def inline_request(
+        self, path: str, record: dict[str, Any], target: float | None = None
+    ) -> InlineAnswer | bytes:
         """The body of a one-record inline call, or the answer without asking (the breaker is open).
         A record JSON cannot hold is a ValueError here: the caller waits for this answer."""
         if self.breaker.open():
             return InlineAnswer(
-                self.fallback(record, "calmon unreachable moments ago; not asked"), retry=True
+                self.fallback(record, "calmon unreachable moments ago; not asked", target), retry=True
             )
         key = b"predictions" if path == PREDICTION else b"records"
         try:
@@ -115,12 +117,18 @@ class ClientCore:
             raise ValueError(f"record is not JSON: {exc}") from exc
 
     def inline_answer(
-        self, path: str, record: dict[str, Any], status: int, headers: Mapping[str, str], body: bytes
+        self,
+        path: str,
+        record: dict[str, Any],
+        status: int,
+        headers: Mapping[str, str],
+        body: bytes,
+        target: float | None = None,
     ) -> InlineAnswer:
         """Read calmon's answer to a one-record inline call."""
         if status in _RETRYABLE or status >= 500:
             self.breaker.trip()
-            return InlineAnswer(self.fallback(record, f"calmon answered HTTP {status}"), retry=True)
+            return InlineAnswer(self.fallback(record, f"calmon answered HTTP {status}", target), retry=True)
         try:
             answer = json.loads(body)
             results = answer.get("results") or []
@@ -138,7 +146,7 @@ class ClientCore:
                 why,
             )
             return InlineAnswer(
-                self.fallback(record, f"calmon refused the record: {why.get('error')}"), False
+                self.fallback(record, f"calmon refused the record: {why.get('error')}", target), False
             )
         result = results[0]
         if path == PREDICTION:
@@ -148,14 +156,24 @@ class ClientCore:
             if "raw_confidence" in result
             else raw_confidence(record, self.aggregation)
         )
-        return InlineAnswer(
-            Calibrated(float(result["calibrated_confidence"]), float(raw), str(result["calibrator_version"])),
-            retry=False,
+        threshold = result.get("threshold")
+        calibrated = Calibrated(
+            float(result["calibrated_confidence"]),
+            float(raw),
+            str(result["calibrator_version"]),
+            action=result.get("action"),
+            threshold=float(threshold) if threshold is not None else None,
+            reason=result.get("advice_reason"),
         )
+        return InlineAnswer(calibrated, retry=False)
 
-    def unreachable(self, record: dict[str, Any], error: Exception) -> InlineAnswer:
+    def unreachable(
+        self, record: dict[str, Any], error: Exception, target: float | None = None
+    ) -> InlineAnswer:
         self.breaker.trip()
-        return InlineAnswer(self.fallback(record, f"calmon unreachable: {type(error).__name__}"), retry=True)
+        return InlineAnswer(
+            self.fallback(record, f"calmon unreachable: {type(error).__name__}", target), retry=True
+        )
 
     def queue_record(self, path: str, record: dict[str, Any]) -> bool:
         """Queue a record, encoded now (a record JSON cannot hold, NaN say, is counted as rejected

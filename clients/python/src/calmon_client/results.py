@@ -11,13 +11,19 @@ __all__ = ["Calibrated", "ClientStats", "Counters"]
 @dataclass(frozen=True)
 class Calibrated:
     """A score to act on. ``fallback`` is True when calmon could not answer in time: ``confidence``
-    is then the raw (uncalibrated) score and ``reason`` says why."""
+    is then the raw (uncalibrated) score and ``reason`` says why.
+
+    With a ``target`` precision: ``action`` is "accept" when the confidence is at least calmon's
+    advised ``threshold`` for that target, else "review" (also when there is no advice yet, or on
+    fallback: the conservative choice)."""
 
     confidence: float
     raw_confidence: float
     calibrator_version: str | None
     fallback: bool = False
     reason: str | None = None
+    action: str | None = None
+    threshold: float | None = None
 
 
 @dataclass(frozen=True)
