@@ -418,6 +418,21 @@ def model_detail() -> Json:
         ),
         _panel(
             "timeseries",
+            "When to accept: advised threshold and traffic accepted, per target precision",
+            "Per advice.targets: the lowest calibrated confidence whose accepted answers reach the target "
+            "precision with probability >= 1 - advice.alpha, and the share of the window's traffic it "
+            "accepts. A threshold that rises means fewer answers can be trusted without review.",
+            [
+                target(f"max by (target) (calmon_advised_threshold{{{SERIES}}})", "threshold {{target}}"),
+                target(f"max by (target) (calmon_advised_coverage{{{SERIES}}})", "accepted {{target}}"),
+            ],
+            width=16,
+            unit="percentunit",
+            minimum=0,
+            maximum=1,
+        ),
+        _panel(
+            "timeseries",
             "Drift evidence against its threshold (log10)",
             "The drift detectors' evidence that calibration error exceeds drift.tolerance, log10: "
             "'calibrated' alarms (CalmonCalibrationDrift, a refit) where it meets the threshold set by "

@@ -60,6 +60,7 @@ def daemon_config(tmp_path: Path, hook: str) -> Path:
         f"""
 evaluation: {{interval_seconds: 1, windows: [1h, 24h], bootstrap_draws: 200}}
 drift: {{consecutive: 3, min_labelled: 500, cooldown_seconds: 3600, accuracy_floor: 0.05}}
+advice: {{targets: [0.3, 0.9]}}
 recalibration: {{on_drift: false, serving_refresh_seconds: 1, bootstrap_draws: 300, max_rows: 3000}}
 scheduler: {{lease_ttl_seconds: 3}}
 logging: {{access_log: false}}
