@@ -21,11 +21,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import beta, binom
+from scipy.special import bdtrc, betaincinv, ndtr, ndtri
+from scipy.stats import beta
 
 from monitor.calibration.sketch import CalibrationSketch, Moment
 
 __all__ = ["RiskCoveragePoint", "ThresholdAdvice", "advise", "risk_coverage"]
+
+
+class _Quantiles(dict[float, float]):
+    """Upper normal quantiles by level, computed once each."""
+
+    def __missing__(self, alpha: float) -> float:
+        self[alpha] = value = float(-ndtri(alpha))
+        return value
+
+
+_Z = _Quantiles()
 
 
 @dataclass(frozen=True)
@@ -96,9 +108,15 @@ def advise(sketch: CalibrationSketch, target: float, alpha: float = 0.05) -> Thr
     thresholds, coverage, labelled, correct, expected_sum = _curve(sketch)
     with np.errstate(divide="ignore", invalid="ignore"):
         expected = np.where(labelled > 0, expected_sum / labelled, 0.0)
-    needed = binom.ppf(1 - alpha, labelled, target) + 1  # the fewest correct answers that pass
-    power = np.where((labelled > 0) & (expected > target), binom.sf(needed - 1, labelled, expected), 0.0)
-    passes = (labelled > 0) & (binom.sf(correct - 1, labelled, target) <= alpha)
+        # Predicted power, by the normal approximation: it only picks where the sequence starts,
+        # from the confidences alone, so approximating costs power at worst, never the guarantee.
+        needed = labelled * target + _Z[alpha] * np.sqrt(labelled * target * (1 - target))
+        spread = np.sqrt(np.maximum(labelled * expected * (1 - expected), 1e-12))
+        power = np.where(
+            (labelled > 0) & (expected > target), ndtr((labelled * expected - needed) / spread), 0.0
+        )
+    n_int, k_int = labelled.astype(np.int64), correct.astype(np.int64)
+    passes = (labelled > 0) & (bdtrc(k_int - 1, n_int, target) <= alpha)  # exact binomial tail
     start = int(np.argmax(power))  # the first (highest threshold) of the most powerful
     advised = None
     if power[start] > 0:
@@ -113,7 +131,7 @@ def advise(sketch: CalibrationSketch, target: float, alpha: float = 0.05) -> Thr
         float(thresholds[advised]),
         float(coverage[advised]),
         right / n,
-        float(beta.ppf(alpha, right, n - right + 1)) if right else 0.0,
+        float(betaincinv(right, n - right + 1, alpha)) if right else 0.0,
         n,
         alpha,
     )
