@@ -82,3 +82,14 @@ def test_async_close_gives_up_in_time_when_calmon_is_down(dead_url: str) -> None
         assert client.stats().dropped == 5
 
     asyncio.run(main())
+
+
+def test_async_closing_while_calmon_is_down_backs_off_instead_of_spinning(dead_url: str) -> None:
+    async def main() -> None:
+        client = AsyncClient(dead_url, flush_interval=0.01, retry=RetryPolicy(initial=0.2, max_backoff=0.4))
+        await client.log_prediction("m", "1", confidence=0.5)
+        await asyncio.sleep(0.1)
+        await client.aclose(1.2)
+        assert 2 <= client.stats().requests <= 10 and client.stats().dropped == 1
+
+    asyncio.run(main())

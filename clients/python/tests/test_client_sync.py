@@ -152,6 +152,15 @@ def test_close_gives_up_within_its_timeout_and_counts_what_it_lost(dead_url: str
     assert client.stats().dropped == 10
 
 
+def test_closing_while_calmon_is_down_backs_off_instead_of_spinning(dead_url: str) -> None:
+    client = Client(dead_url, flush_interval=0.01, retry=RetryPolicy(initial=0.2, max_backoff=0.4))
+    client.log_prediction("m", "1", confidence=0.5)
+    time.sleep(0.1)
+    client.close(timeout=1.2)
+    assert 2 <= client.stats().requests <= 10  # ~0.3 s apart, not a retry storm once the stop is set
+    assert client.stats().dropped == 1
+
+
 def test_inline_calibration_answers_and_falls_back_to_the_raw_score_in_time(standin: ScriptedStandin) -> None:
     with Client(standin.url, calibrate_timeout=0.3, breaker_seconds=60) as client:
         answer = client.calibrate("m", confidence=0.8, segment="eu")

@@ -218,9 +218,11 @@ class AsyncClient(ClientCore):
                 if wait and self.past_deadline(wait):
                     self.deadline = time.monotonic()  # give up on the rest too: close() counts it
                     delivery.abandon("aclose() timed out while calmon was unavailable")
-                elif wait:
-                    with contextlib.suppress(TimeoutError):
+                elif wait and self.deadline is None:
+                    with contextlib.suppress(TimeoutError):  # aclose() cuts the backoff short
                         await asyncio.wait_for(self._stop.wait(), wait)
+                elif wait:
+                    await asyncio.sleep(wait)  # closing: a real backoff (the stop event is set for good)
         except Exception:  # keep the task alive: a defect must not stop delivery for good
             log.exception("calmon_client: unexpected error while delivering; dropping the batch")
             delivery.abandon("unexpected error")

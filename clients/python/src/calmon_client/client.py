@@ -253,8 +253,10 @@ class Client(ClientCore):
                 if wait and self.past_deadline(wait):
                     self.deadline = time.monotonic()  # give up on the rest too: close() counts it
                     delivery.abandon("close() timed out while calmon was unavailable")
+                elif wait and self.deadline is None:
+                    self._stop.wait(wait)  # close() cuts the backoff short: one more try at once
                 elif wait:
-                    self._stop.wait(wait)
+                    time.sleep(wait)  # closing: a real backoff (the stop event is set for good)
         except Exception:  # a defect here must not silently stop delivery for the process's life
             log.exception("calmon_client: unexpected error while delivering; dropping the batch")
             delivery.abandon("unexpected error")
