@@ -119,6 +119,13 @@ def model_summary(
     }
 
 
+def decide(advice: dict[str, Any], confidence: float) -> dict[str, Any]:
+    """Accept at or above the advised threshold; review below it, or when there is none."""
+    threshold = advice["threshold"]
+    accept = threshold is not None and confidence >= threshold
+    return {"action": "accept" if accept else "review", **advice}
+
+
 def _all_rejected(
     rejected: list[Any], message: str = "every record was rejected; nothing was written"
 ) -> BatchError:
@@ -270,6 +277,7 @@ class Services:
         if rejected and not prepared:
             raise _all_rejected(rejected, "every record was rejected")
         results = []
+        advice: dict[tuple[str, str], dict[str, Any]] = {}  # per series, looked up once per request
         for index, record, raw, kind, vector in prepared:
             values, version = self.scorer.score(record.model, record.segment, [raw], [(kind, vector)])
             result = {
@@ -279,16 +287,19 @@ class Services:
                 "calibrator_version": version,
             }
             if target is not None:
-                result.update(self.action(record.model, record.segment, target, values[0]))
+                key = (record.model, record.segment)
+                if key not in advice:
+                    advice[key] = self.advice_for(record.model, record.segment, target)
+                result.update(decide(advice[key], values[0]))
             results.append(result)
         return {"results": results, "rejected": [r.model_dump() for r in rejected]}
 
-    def action(self, model: str, segment: str, target: float, confidence: float) -> dict[str, Any]:
-        """Accept or review a calibrated confidence by the advice for ``target`` of its series (its
-        segment, else the model-wide series), taken from the window with the most labels. No advice
-        (no labels, target unreachable or not configured) means review: the conservative choice."""
+    def advice_for(self, model: str, segment: str, target: float) -> dict[str, Any]:
+        """The threshold for ``target`` of a series (its segment, else the model-wide series), from the
+        window with the most labels, or why there is none. No advice means review: the conservative
+        choice (``decide``)."""
         snapshot = self.snapshots.get()
-        stats = []
+        stats: list[WindowStats] = []
         for series in (segment, MODEL_WIDE):
             stats = [
                 s
@@ -299,27 +310,20 @@ class Services:
                 break
         if not stats:
             return {
-                "action": "review",
                 "threshold": None,
                 "advice_window": None,
                 "advice_reason": "no labelled predictions evaluated for this series yet",
             }
         best = max(stats, key=lambda s: s.labelled)
-        advice = next((a for a in best.advice if a["target"] == target), None)
-        if advice is None:
+        found = next((a for a in best.advice if a["target"] == target), None)
+        if found is None:
             targets = self.settings.advice_targets_for(model, best.segment)
             reason = f"target {target:g} is not among the advice targets {targets} of this series"
-        elif advice["threshold"] is None:
+        elif found["threshold"] is None:
             reason = f"no threshold reaches a precision of {target:g} with the labels so far"
         else:
-            accept = confidence >= advice["threshold"]
-            return {
-                "action": "accept" if accept else "review",
-                "threshold": advice["threshold"],
-                "advice_window": best.window,
-                "advice_reason": None,
-            }
-        return {"action": "review", "threshold": None, "advice_window": best.window, "advice_reason": reason}
+            return {"threshold": found["threshold"], "advice_window": best.window, "advice_reason": None}
+        return {"threshold": None, "advice_window": best.window, "advice_reason": reason}
 
     # ------------------------------------------------------------------------------------ read
     def list_models(self) -> list[dict[str, Any]]:

@@ -112,8 +112,6 @@ def window_stats(
     stats = WindowStats(model, segment, window, score, n, n_l, n - n_l, n_l / n if n else 0.0)
     stats.histogram = sketch.histogram(ece_bins).tolist()
     stats.confidence_sum = float(sketch.moments[Moment.SUM_P].sum())
-    if score == Score.CALIBRATED:
-        _set_estimate(stats, estimate_accuracy(sketch), window)
     if n and reference is not None and reference.predictions:
         stats.reference_histogram = reference.histogram(ece_bins).tolist()
         stats.psi = _finite(psi(reference.histogram(ece_bins), sketch.histogram(ece_bins)))
@@ -147,7 +145,8 @@ def _set_estimate(stats: WindowStats, estimate: AccuracyEstimate | None, bias_wi
 def measure_bias(
     results: list[WindowStats], sketches: dict[tuple[SeriesKey, str], CalibrationSketch]
 ) -> None:
-    """Judge every window's estimate against the calibrator's bias measured on the window of the same
+    """Every calibrated window's label-free estimate (``window_stats`` leaves it to this pass), judged
+    against the calibrator's bias measured on the window of the same
     series with the most labels (usually the longest): the calibrator is the same, and a short window's
     few labels cannot see a bias of a few points (the digits case in benchmarks/accuracy.py), nor can
     the newest window, whose labels have not arrived, see anything."""

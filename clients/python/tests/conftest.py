@@ -58,42 +58,16 @@ def calmon_like(request: Seen) -> Answer:
         return 200, {}, {"matched": n, "pending": 0, "duplicates": 0, "conflicts": 0, "rejected": []}
     if request.path == "/v1/calibrate":
         r = request.body["records"][0]
+        result = {
+            "index": 0,
+            "raw_confidence": r["confidence"],
+            "calibrated_confidence": r["confidence"] * 0.9,
+            "calibrator_version": "3",
+        }
         if "target" in request.query:  # calmon's advice: accept at or above 0.7
-            action = "accept" if r["confidence"] * 0.9 >= 0.7 else "review"
-            return (
-                200,
-                {},
-                {
-                    "results": [
-                        {
-                            "index": 0,
-                            "raw_confidence": r["confidence"],
-                            "calibrated_confidence": r["confidence"] * 0.9,
-                            "calibrator_version": "3",
-                            "action": action,
-                            "threshold": 0.7,
-                            "advice_window": "24h",
-                            "advice_reason": None,
-                        }
-                    ],
-                    "rejected": [],
-                },
-            )
-        return (
-            200,
-            {},
-            {
-                "results": [
-                    {
-                        "index": 0,
-                        "raw_confidence": r["confidence"],
-                        "calibrated_confidence": r["confidence"] * 0.9,
-                        "calibrator_version": "3",
-                    }
-                ],
-                "rejected": [],
-            },
-        )
+            action = "accept" if result["calibrated_confidence"] >= 0.7 else "review"
+            result |= {"action": action, "threshold": 0.7, "advice_window": "24h", "advice_reason": None}
+        return 200, {}, {"results": [result], "rejected": []}
     return 404, {}, {"error": "not found"}
 
 

@@ -63,13 +63,11 @@ def prediction_record(
     logits: Sequence[float] | None,
     token_logprobs: Sequence[float] | None,
 ) -> dict[str, Any]:
-    """A ``/v1/predictions`` record; raises TypeError only for a call that can never be right."""
-    record: dict[str, Any] = {"model": model, "id": id, "ts": ts}
-    if segment is not None:
-        record["segment"] = segment
-    if predicted is not None:
-        record["predicted"] = predicted
-    return _scores(record, confidence, probs, logits, token_logprobs)
+    """A ``/v1/predictions`` record: a scored record with its id and time; raises TypeError only for
+    a call that can never be right."""
+    record = score_record(model, segment, predicted, confidence, probs, logits, token_logprobs)
+    record["id"], record["ts"] = id, ts
+    return record
 
 
 def score_record(
