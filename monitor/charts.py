@@ -41,6 +41,7 @@ __all__ = [
     "histogram",
     "over_time",
     "reliability",
+    "risk_coverage",
     "warm",
     "wilson",
 ]
@@ -267,6 +268,47 @@ def accuracy_over_time(
         locator = mdates.AutoDateLocator(minticks=3, maxticks=7)  # type: ignore[no-untyped-call]
         ax.xaxis.set_major_locator(locator)
         ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
+        return _svg(fig, chart_id, title)
+
+
+def risk_coverage(
+    chart_id: str, title: str, points: Sequence[dict[str, Any]], advice: Sequence[dict[str, Any]]
+) -> str:
+    """Precision of the accepted answers against the share of traffic accepted, one marker per
+    threshold (written beside it), the exact lower bound dashed under it, and each advised threshold
+    starred on its target line: the whole trade-off the advice picks a point of."""
+    with _LOCK:
+        fig = _figure(5.6, 3.6, title_lines=title.count("\n") + 1)
+        ax: Any = fig.subplots()
+        known = sorted((p for p in points if p.get("precision") is not None), key=lambda p: p["coverage"])
+        xs = [p["coverage"] for p in known]
+        line = ax.plot(xs, [p["precision"] for p in known], marker="o", markersize=4, color=CALIBRATED_COLOUR,
+                       linewidth=1.5, label="precision of accepted (labelled)")  # fmt: skip
+        line[0].set_gid(f"{chart_id}-precision")
+        ax.plot(xs, [p["precision_lower"] for p in known], color=CALIBRATED_COLOUR, linestyle="--",
+                linewidth=1, alpha=0.7, label="its lower bound")  # fmt: skip
+        for p in known:
+            ax.annotate(f"{p['threshold']:.3g}", (p["coverage"], p["precision"]), textcoords="offset points",
+                        xytext=(3, 4), fontsize="xx-small", color="#555555")  # fmt: skip
+        advised = [a for a in advice if a.get("threshold") is not None]
+        for a in advice:
+            ax.axhline(a["target"], color="#2ca02c", linewidth=0.8, linestyle=":")
+        stars = ax.plot([a["coverage"] for a in advised], [a["precision"] for a in advised],
+                        linestyle="none", marker="*", markersize=11, color="#2ca02c",
+                        label="advised threshold per target")  # fmt: skip
+        stars[0].set_gid(f"{chart_id}-advised")
+        for a in advised:
+            ax.annotate(f"{a['target']:g}: accept ≥ {a['threshold']:.4g}", (a["coverage"], a["precision"]),
+                        textcoords="offset points", xytext=(-4, -11), ha="right", fontsize="x-small",
+                        color="#2a6b2a")  # fmt: skip
+        low = min([p["precision_lower"] for p in known] + [a["target"] for a in advice] + [1.0])
+        if not known:
+            ax.text(0.5, 0.5, "no labelled predictions yet", transform=ax.transAxes, ha="center")
+        ax.set(xlim=(0, 1.02), ylim=(max(0.0, low - 0.05), 1.005), xlabel="share of traffic accepted",
+               ylabel="precision", xticks=TICKS)  # fmt: skip
+        ax.set_title(title, fontsize="medium")
+        ax.grid(True, color="#eeeeee")
+        ax.legend(loc="lower left", fontsize="x-small")
         return _svg(fig, chart_id, title)
 
 

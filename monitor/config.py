@@ -212,11 +212,25 @@ class AdviceConfig(_Section):
 
     targets: Targets = Field(default_factory=lambda: [0.9, 0.95, 0.99])
     alpha: float = Field(0.05, gt=0, lt=0.5)
+    # Thresholds the risk-coverage curve is kept at (snapshot, calmon_accept_*, charts): each is a
+    # label value of calmon_accept_coverage/precision, so at most 24.
+    curve: list[float] = Field(
+        default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999]
+    )
 
     @field_validator("targets")
     @classmethod
     def _valid_targets(cls, value: Targets) -> Targets:
         return _targets(value) or []
+
+    @field_validator("curve")
+    @classmethod
+    def _valid_curve(cls, value: list[float]) -> list[float]:
+        if not value or len(value) > 24 or len(set(value)) != len(value):
+            raise ValueError("1 to 24 distinct thresholds (each is a label value of calmon_accept_*)")
+        if any(not 0.0 <= t < 1.0 for t in value):
+            raise ValueError("every curve threshold lies in [0, 1)")
+        return sorted(value)
 
 
 class SegmentConfig(_Section):

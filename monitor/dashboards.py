@@ -432,6 +432,44 @@ def model_detail() -> Json:
             maximum=1,
         ),
         _panel(
+            "barchart",
+            "Risk-coverage: traffic accepted and its precision, per threshold ($window window)",
+            "The whole trade-off behind the advice: for each threshold of advice.curve (at the nearest "
+            "bin edge), the share of the window's traffic whose calibrated confidence reaches it and the "
+            "precision of the labelled ones among them. Raising the threshold buys precision with "
+            "coverage; the advised thresholds are points on this curve with a guarantee.",
+            [
+                target(
+                    f"max by (threshold) (calmon_accept_coverage{{{SERIES}}})",
+                    "accepted",
+                    instant=True,
+                    table=True,
+                ),
+                target(
+                    f"max by (threshold) (calmon_accept_precision{{{SERIES}}})",
+                    "precision",
+                    instant=True,
+                    table=True,
+                ),
+            ],
+            width=8,
+            unit="percentunit",
+            minimum=0,
+            maximum=1,
+            options={"xField": "threshold", "orientation": "vertical", "legend": {"showLegend": True}},
+            transformations=[
+                {"id": "joinByField", "options": {"byField": "threshold", "mode": "outer"}},
+                {
+                    "id": "organize",
+                    "options": {
+                        "excludeByName": {"Time": True, "Time 1": True, "Time 2": True},
+                        "renameByName": {"Value #A": "accepted", "Value #B": "precision"},
+                    },
+                },
+                {"id": "sortBy", "options": {"sort": [{"field": "threshold"}]}},
+            ],
+        ),
+        _panel(
             "timeseries",
             "Drift evidence against its threshold (log10)",
             "The drift detectors' evidence that calibration error exceeds drift.tolerance, log10: "

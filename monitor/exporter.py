@@ -122,13 +122,31 @@ def advice_families(stats: list[WindowStats]) -> Iterator[Metric]:
         "Share of the window's predictions the advised threshold accepts (0: none)",
         labels,
     )
+    curve_labels = ("model", "segment", "window", "threshold")
+    accepted = _gauge(
+        "calmon_accept_coverage",
+        "Risk-coverage curve: share of the window's predictions whose calibrated confidence is at least "
+        "the threshold (advice.curve, at the nearest bin edge)",
+        curve_labels,
+    )
+    precision = _gauge(
+        "calmon_accept_precision",
+        "Risk-coverage curve: precision of the labelled predictions at or above the threshold "
+        "(absent when none is labelled)",
+        curve_labels,
+    )
     for s in stats:
         for advice in s.advice:
             values = [s.model, s.segment, s.window, f"{advice['target']:g}"]
             if advice["threshold"] is not None:
                 threshold.add_metric(values, float(advice["threshold"]))
             coverage.add_metric(values, float(advice["coverage"]))
-    yield from (threshold, coverage)
+        for point in s.risk_coverage:
+            values = [s.model, s.segment, s.window, f"{point['threshold']:.4g}"]
+            accepted.add_metric(values, float(point["coverage"]))
+            if point["precision"] is not None:
+                precision.add_metric(values, float(point["precision"]))
+    yield from (threshold, coverage, accepted, precision)
 
 
 def window_families(stats: list[WindowStats]) -> Iterator[Metric]:

@@ -15,7 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from monitor.calibration.sketch import LABEL_SUMS
+from monitor.calibration.sketch import LABEL_SUMS, TAIL_BINS
 from monitor.vocabulary import MODEL_WIDE, FeedbackOutcome, RecalibrationOutcome
 
 __all__ = ["BinnedCounters", "ServiceMetrics"]
@@ -131,10 +131,10 @@ class BinnedCounters:
     def add(self, deltas: Iterable[FoldedBucket]) -> None:
         with self._lock:
             for delta in deltas:
-                fine = delta.moments.shape[1]
+                fine = delta.moments.shape[1] - TAIL_BINS  # the tail repeats the top bins
                 if fine % self.ece_bins:
                     raise ValueError(f"ece_bins {self.ece_bins} must divide fine bins {fine}")
-                sums = delta.moments[list(LABEL_SUMS)]
+                sums = delta.moments[list(LABEL_SUMS), :fine]
                 coarse = sums.reshape(len(LABEL_SUMS), self.ece_bins, fine // self.ece_bins).sum(axis=2)
                 if not coarse[0].any():
                     continue

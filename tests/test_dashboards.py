@@ -115,8 +115,18 @@ def test_dashboards_cover_what_the_on_call_engineer_needs() -> None:
         "calmon_accuracy_ratio",
         "calmon_mean_confidence",
         "calmon_calibrator_info",
+        "calmon_advised_threshold",
+        "calmon_accept_coverage",
+        "calmon_accept_precision",
     ):
         assert family in exprs
+    (curve,) = [panel for panel in detail["panels"] if panel["title"].startswith("Risk-coverage")]
+    assert curve["type"] == "barchart" and curve["options"]["xField"] == "threshold"
+    assert all(t["instant"] and t["format"] == "table" for t in curve["targets"])  # one row per threshold
+    assert curve["transformations"][0] == {
+        "id": "joinByField",
+        "options": {"byField": "threshold", "mode": "outer"},
+    }
     annotations = {a["name"]: a for a in detail["annotations"]["list"]}
     assert "calmon_recalibrations_total" in annotations["Recalibrations"]["expr"]
     overview = " ".join(expr for _, expr in builder.queries(dashboards["calmon-overview"]))

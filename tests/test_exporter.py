@@ -74,6 +74,7 @@ def test_golden_exposition(sqlite_url: str) -> None:
             15,
             n_boot=200,
             advice_targets=lambda model, segment: [0.3, 0.6, 0.9],
+            advice_curve=[0.3, 0.6, 0.9],
         )
     engine.dispose()
     holder = SnapshotHolder()

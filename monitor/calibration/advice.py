@@ -12,21 +12,26 @@ rejected threshold is advised. Because the order is fixed before looking, the fa
 advised one up has a precision of at least the target on traffic of the same distribution. Scanning
 all thresholds and taking the lowest whose bound passes would not have that guarantee.
 
-Resolution: thresholds sit on the fine bins' edges (``1 / fine_bins``: 0.0083 at 120 bins), so a
-target of 0.99 can only choose between 0.9917 and 1.0; finer bins near 1 are a later refinement.
+Resolution: thresholds sit on the sketch's bin edges: the uniform fine bins' (``1 / fine_bins``,
+0.0083 at 120 bins) below 0.95 and the tail's above (ten per decade of ``1 - p``: 0.95, 0.960,
+0.968, 0.975, 0.980, 0.984, 0.987, 0.990, 0.992, 0.994, 0.995, ... 0.99996; ``sketch`` module), so a
+0.99 target can pick 0.990, 0.992, 0.994, ... rather than only 0.9917 or 1.0. Buckets folded before
+the tail existed have none; a window holding any of them falls back to the uniform edges (until
+``calmon rebuild-aggregates``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import bdtrc, betaincinv, ndtr, ndtri
 from scipy.stats import beta
 
-from monitor.calibration.sketch import CalibrationSketch, Moment
+from monitor.calibration.sketch import CalibrationSketch, Moment, tail_edges, tail_start_bin
 
-__all__ = ["RiskCoveragePoint", "ThresholdAdvice", "advise", "risk_coverage"]
+__all__ = ["RiskCoveragePoint", "ThresholdAdvice", "advise", "curve_points", "risk_coverage"]
 
 
 class _Quantiles(dict[float, float]):
@@ -42,7 +47,7 @@ _Z = _Quantiles()
 
 @dataclass(frozen=True)
 class RiskCoveragePoint:
-    threshold: float  # accept when calibrated confidence >= threshold
+    threshold: float  # accept when calibrated confidence >= threshold (a bin edge)
     coverage: float  # share of all predictions (labelled or not) accepted
     labelled: int  # labelled predictions accepted
     precision: float | None  # correct among them
@@ -64,21 +69,50 @@ class ThresholdAdvice:
         return "accept" if self.threshold is not None and confidence >= self.threshold else "review"
 
 
+def _columns(sketch: CalibrationSketch) -> tuple[np.ndarray, np.ndarray]:
+    """The bins thresholds are chosen on (lower edges ascending, moments): the uniform bins below
+    the tail and the tail's sub-bins when the tail holds exactly what the top uniform bins hold;
+    all the uniform bins otherwise (buckets folded before the tail existed)."""
+    uniform, tail = sketch.uniform, sketch.tail
+    start = tail_start_bin(sketch.fine_bins)
+    lower = np.arange(sketch.fine_bins) / sketch.fine_bins
+    counts = (Moment.N, Moment.N_L)
+    if np.array_equal(tail[counts, :].sum(axis=1), uniform[counts, start:].sum(axis=1)):
+        edges = np.concatenate([lower[:start], tail_edges(sketch.fine_bins)])
+        return edges, np.concatenate([uniform[:, :start], tail], axis=1)
+    return lower, uniform
+
+
 def _curve(sketch: CalibrationSketch) -> tuple[np.ndarray, ...]:
-    """Per fine-bin edge, highest first: threshold, coverage, accepted labels, correct, expected correct."""
-    m = sketch.moments
+    """Per bin edge, highest first: threshold, coverage, accepted labels, correct, expected correct."""
+    edges, m = _columns(sketch)
     n_all = float(m[Moment.N].sum())
     suffix = [
         np.cumsum(m[k][::-1]) for k in (Moment.N, Moment.N_L, Moment.SY, Moment.S1)
     ]  # highest edge first
-    thresholds = np.arange(sketch.fine_bins - 1, -1, -1) / sketch.fine_bins
-    coverage = suffix[0] / n_all if n_all else np.zeros(sketch.fine_bins)
+    thresholds = edges[::-1]
+    coverage = suffix[0] / n_all if n_all else np.zeros(edges.size)
     return thresholds, coverage, np.rint(suffix[1]), np.rint(suffix[2]), suffix[3]
 
 
 def risk_coverage(sketch: CalibrationSketch, alpha: float = 0.05) -> list[RiskCoveragePoint]:
-    """Coverage and precision of accepting at each fine-bin edge, from the highest threshold down."""
-    thresholds, coverage, labelled, correct, _ = _curve(sketch)
+    """Coverage and precision of accepting at each bin edge, from the highest threshold down."""
+    return _points(_curve(sketch), alpha, None)
+
+
+def curve_points(
+    sketch: CalibrationSketch, thresholds: Sequence[float], alpha: float = 0.05
+) -> list[RiskCoveragePoint]:
+    """The risk-coverage curve at the bin edges nearest ``thresholds`` (each edge once), highest first:
+    a few points a snapshot can keep per series and Prometheus can carry as a bounded label."""
+    curve = _curve(sketch)
+    edges = curve[0]
+    wanted = sorted({int(np.argmin(np.abs(edges - t))) for t in thresholds})
+    return _points(curve, alpha, np.array(wanted, dtype=np.int64))
+
+
+def _points(curve: tuple[np.ndarray, ...], alpha: float, pick: np.ndarray | None) -> list[RiskCoveragePoint]:
+    thresholds, coverage, labelled, correct, _ = (a if pick is None else a[pick] for a in curve)
     with np.errstate(divide="ignore", invalid="ignore"):
         lower = np.where(correct > 0, beta.ppf(alpha, correct, labelled - correct + 1), 0.0)
         precision = correct / labelled

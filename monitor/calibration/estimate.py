@@ -59,7 +59,7 @@ class AccuracyEstimate:
 
 def labelled_bias(sketch: CalibrationSketch) -> tuple[float, float] | None:
     """(mean(y - c), its standard error under calibration) over the labelled predictions."""
-    m = sketch.moments
+    m = sketch.uniform
     n_l = float(m[Moment.N_L].sum())
     if n_l == 0:
         return None
@@ -73,7 +73,7 @@ def estimate_accuracy(
     """The label-free accuracy estimate of a sketch of *calibrated* confidences (None if empty).
     ``bias``: (bias, standard error) measured elsewhere (more labels of the same calibrator);
     default: this sketch's labelled part."""
-    m = sketch.moments
+    m = sketch.uniform
     counts, sums = m[Moment.N], m[Moment.SUM_P]
     n = float(counts.sum())
     if n == 0:

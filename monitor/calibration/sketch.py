@@ -11,6 +11,14 @@ coarser binning (any bin count dividing F) is a sum, and each metric needs O(bin
   variance  = sum (1 - 2p)^2 p (1 - p) = sum p - 5 sum p^2 + 8 sum p^3 - 4 sum p^4
 * ECE / MCE / RMS / debiased CE / reliability table from per-bin count, sum p and sum y.
 
+The tail: equal-width bins are coarse where decisions are finest (a 0.99 precision target must
+choose a threshold between 0.9917 and 1.0 at 120 bins). So the top ~5% of confidence, ``(1 - R,
+1]`` with ``R`` a whole number of fine bins, is counted a second time in ``TAIL_BINS`` sub-bins
+spaced evenly in ``log(1 - p)`` (ten per decade: edges 0.95, 0.960, 0.968, 0.975, 0.980, 0.984,
+0.987, 0.990, 0.992, ... 0.99996). The tail holds the same moments as the uniform bins it refines
+and is stored after them (columns ``fine_bins ..``); every metric reads the uniform bins only, and
+threshold advice reads the uniform bins below ``1 - R`` and the tail above.
+
 Merging is commutative and associative up to floating-point rounding of the sums (counts are exact).
 """
 
@@ -19,6 +27,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 from enum import IntEnum
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -31,10 +40,13 @@ __all__ = [
     "DEFAULT_FINE_BINS",
     "LABEL_SUMS",
     "MOMENTS",
+    "TAIL_BINS",
     "CalibrationSketch",
     "Moment",
     "SketchMetrics",
     "grouped_moments",
+    "tail_edges",
+    "tail_start_bin",
 ]
 
 
@@ -58,7 +70,33 @@ MOMENTS: tuple[str, ...] = tuple(m.name.lower() for m in Moment)  # "n", "sum_p"
 LABEL_SUMS: tuple[Moment, Moment, Moment] = (Moment.N_L, Moment.S1, Moment.SY)
 _N, _SUM_P, _N_L, _S1, _S2, _S3, _S4, _SY, _SYP, _SLL = Moment
 DEFAULT_FINE_BINS = 120
+TAIL_BINS = 32  # sub-bins of the top ~5% of confidence, ten per decade of 1 - p
+_TAIL_SHARE = 0.05
 _MAGIC = b"CSK1"
+
+
+def tail_start_bin(fine_bins: int) -> int:
+    """The first uniform bin the tail refines: the tail covers the top ``fine_bins - start`` bins."""
+    return fine_bins - max(1, round(fine_bins * _TAIL_SHARE))
+
+
+@lru_cache(maxsize=16)
+def _tail_edges(fine_bins: int) -> NDArray[np.float64]:
+    width = (fine_bins - tail_start_bin(fine_bins)) / fine_bins
+    edges = 1.0 - width * 10.0 ** (-np.arange(TAIL_BINS) / 10.0)
+    edges.setflags(write=False)
+    return edges
+
+
+def tail_edges(fine_bins: int) -> NDArray[np.float64]:
+    """Lower edges of the tail's sub-bins, ascending (sub-bin ``k`` is ``(edges[k], edges[k+1]]``,
+    the last one ends at 1); the first edge is a uniform bin edge."""
+    return _tail_edges(fine_bins)
+
+
+def _tail_index(p: NDArray[np.float64], fine_bins: int) -> NDArray[np.int64]:
+    """Tail sub-bin of each confidence, -1 below the tail (the ``(lo, hi]`` convention)."""
+    return np.searchsorted(_tail_edges(fine_bins), p, side="left").astype(np.int64) - 1
 
 
 @dataclass(frozen=True)
@@ -81,7 +119,8 @@ class SketchMetrics:
 
 
 class CalibrationSketch:
-    """Per-fine-bin moments; ``moments`` has shape (len(MOMENTS), fine_bins)."""
+    """Per-fine-bin moments; ``moments`` has shape (len(MOMENTS), fine_bins + TAIL_BINS): the
+    uniform bins, then the tail (module docstring)."""
 
     __slots__ = ("fine_bins", "moments")
 
@@ -89,19 +128,31 @@ class CalibrationSketch:
         if fine_bins < 1:
             raise ValueError(f"fine_bins must be >= 1, got {fine_bins}")
         self.fine_bins = fine_bins
+        shape = (len(MOMENTS), fine_bins + TAIL_BINS)
         if moments is None:
-            moments = np.zeros((len(MOMENTS), fine_bins))
-        elif moments.shape != (len(MOMENTS), fine_bins):
-            raise ValueError(f"moments must have shape {(len(MOMENTS), fine_bins)}, got {moments.shape}")
+            moments = np.zeros(shape)
+        elif moments.shape != shape:
+            raise ValueError(f"moments must have shape {shape}, got {moments.shape}")
         self.moments = moments
+
+    @property
+    def uniform(self) -> NDArray[np.float64]:
+        """The equal-width bins' moments (a view): what every metric reads."""
+        return self.moments[:, : self.fine_bins]
+
+    @property
+    def tail(self) -> NDArray[np.float64]:
+        """The tail sub-bins' moments (a view), a finer split of the top uniform bins."""
+        return self.moments[:, self.fine_bins :]
 
     # ----------------------------------------------------------------------------------- building
     def add_predictions(self, confidence: ArrayLike) -> CalibrationSketch:
         """Count predictions (labelled or not) into the confidence histogram."""
         p, _ = metrics.validate(confidence)
-        index = metrics.bin_index(p, self.fine_bins)
-        self.moments[_N] += np.bincount(index, minlength=self.fine_bins)
-        self.moments[_SUM_P] += np.bincount(index, weights=p, minlength=self.fine_bins)
+        cells, rows = _cells(np.zeros(p.size, dtype=np.int64), self.fine_bins, p)
+        width = self.moments.shape[1]
+        self.moments[_N] += np.bincount(cells, minlength=width)
+        self.moments[_SUM_P] += np.bincount(cells, weights=p[rows], minlength=width)
         return self
 
     def add_labelled(self, confidence: ArrayLike, correct: ArrayLike) -> CalibrationSketch:
@@ -147,8 +198,8 @@ class CalibrationSketch:
         """The same data at ``n_bins`` bins; ``n_bins`` must divide ``fine_bins``."""
         if n_bins < 1 or self.fine_bins % n_bins:
             raise ValueError(f"n_bins ({n_bins}) must divide fine_bins ({self.fine_bins})")
-        grouped = self.moments.reshape(len(MOMENTS), n_bins, self.fine_bins // n_bins).sum(axis=2)
-        return CalibrationSketch(n_bins, grouped)
+        grouped = self.uniform.reshape(len(MOMENTS), n_bins, self.fine_bins // n_bins).sum(axis=2)
+        return CalibrationSketch(n_bins, np.concatenate([grouped, self.tail], axis=1))
 
     def __eq__(self, other: object) -> bool:
         return (
@@ -162,7 +213,8 @@ class CalibrationSketch:
 
     # -------------------------------------------------------------------------------- serialising
     def to_bytes(self) -> bytes:
-        """Compact binary form: magic, fine bin count, then the moments as little-endian float64."""
+        """Compact binary form: magic, fine bin count, then the moments (tail included) as
+        little-endian float64. Blobs written before the tail existed read back with an empty tail."""
         header = _MAGIC + int(self.fine_bins).to_bytes(4, "little")
         return header + self.moments.astype("<f8").tobytes()
 
@@ -172,9 +224,13 @@ class CalibrationSketch:
             raise ValueError("not a serialised CalibrationSketch")
         fine_bins = int.from_bytes(blob[4:8], "little")
         data = np.frombuffer(blob, dtype="<f8", offset=8)
-        if data.size != len(MOMENTS) * fine_bins:
+        if data.size == len(MOMENTS) * fine_bins:  # before the tail
+            data = np.concatenate(
+                [data.reshape(len(MOMENTS), fine_bins), np.zeros((len(MOMENTS), TAIL_BINS))], 1
+            )
+        elif data.size != len(MOMENTS) * (fine_bins + TAIL_BINS):
             raise ValueError("truncated CalibrationSketch")
-        return cls(fine_bins, data.reshape(len(MOMENTS), fine_bins).astype(np.float64))
+        return cls(fine_bins, data.reshape(len(MOMENTS), fine_bins + TAIL_BINS).astype(np.float64))
 
     def to_dict(self) -> dict[str, Any]:
         return {"fine_bins": self.fine_bins, "moments": base64.b64encode(self.to_bytes()).decode()}
@@ -189,27 +245,28 @@ class CalibrationSketch:
     # ----------------------------------------------------------------------------------- metrics
     @property
     def predictions(self) -> int:
-        return int(self.moments[_N].sum())
+        return int(self.uniform[_N].sum())
 
     @property
     def labelled(self) -> int:
-        return int(self.moments[_N_L].sum())
+        return int(self.uniform[_N_L].sum())
 
     def histogram(self, n_bins: int | None = None) -> FloatArray:
         """Confidence histogram over all predictions (labelled or not)."""
         sketch = self if n_bins is None else self.coarsen(n_bins)
-        return np.array(sketch.moments[_N], dtype=np.float64)
+        return np.array(sketch.uniform[_N], dtype=np.float64)
 
     def bin_stats(self, n_bins: int) -> BinStats:
         """Labelled per-bin sums at ``n_bins`` equal-width bins (must divide fine_bins)."""
         coarse = self.coarsen(n_bins)
         return BinStats(
-            metrics.bin_edges(n_bins), coarse.moments[_N_L], coarse.moments[_S1], coarse.moments[_SY]
+            metrics.bin_edges(n_bins), coarse.uniform[_N_L], coarse.uniform[_S1], coarse.uniform[_SY]
         )
 
     def equal_mass_bin_stats(self, n_bins: int) -> BinStats:
         """Approximately equal-mass bins built from whole fine bins (labelled counts)."""
-        counts = self.moments[_N_L]
+        uniform = self.uniform
+        counts = uniform[_N_L]
         total = counts.sum()
         if total == 0:
             raise ValueError("no labelled predictions")
@@ -222,8 +279,8 @@ class CalibrationSketch:
         return BinStats(
             edges=fine_edges[bounds],
             count=np.add.reduceat(counts, bounds[:-1]),
-            sum_confidence=np.add.reduceat(self.moments[_S1], bounds[:-1]),
-            sum_correct=np.add.reduceat(self.moments[_SY], bounds[:-1]),
+            sum_confidence=np.add.reduceat(uniform[_S1], bounds[:-1]),
+            sum_correct=np.add.reduceat(uniform[_SY], bounds[:-1]),
         )
 
     def _require_labels(self) -> None:
@@ -251,7 +308,7 @@ class CalibrationSketch:
         return metrics.table_from_bins(self.bin_stats(n_bins))
 
     def _totals(self) -> NDArray[np.float64]:
-        return np.asarray(self.moments.sum(axis=1), dtype=np.float64)
+        return np.asarray(self.uniform.sum(axis=1), dtype=np.float64)
 
     def brier(self) -> float:
         self._require_labels()
@@ -331,6 +388,20 @@ class CalibrationSketch:
         )
 
 
+def _cells(
+    group: NDArray[np.int64], fine_bins: int, p: NDArray[np.float64]
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Flat cells ``group * (fine_bins + TAIL_BINS) + column`` of each row's uniform bin and, for
+    rows in the tail, of their tail sub-bin too; with the row each cell came from."""
+    width = fine_bins + TAIL_BINS
+    tail = _tail_index(p, fine_bins)
+    in_tail = np.flatnonzero(tail >= 0)
+    cells = np.concatenate(
+        [group * width + metrics.bin_index(p, fine_bins), group[in_tail] * width + fine_bins + tail[in_tail]]
+    )
+    return cells, np.concatenate([np.arange(p.size), in_tail])
+
+
 def grouped_moments(
     group: NDArray[np.int64],
     n_groups: int,
@@ -340,14 +411,16 @@ def grouped_moments(
     count_prediction: NDArray[np.bool_],
     count_label: NDArray[np.bool_] | None = None,
 ) -> NDArray[np.float64]:
-    """The moments of many sketches at once: shape (n_groups, len(MOMENTS), fine_bins).
+    """The moments of many sketches at once: shape (n_groups, len(MOMENTS), fine_bins + TAIL_BINS).
 
     Row ``i`` adds to sketch ``group[i]``: as a prediction where ``count_prediction`` (``n``,
-    ``sum p``) and as a label where ``count_label`` (default: every row). One vectorised pass,
-    whatever the number of groups: the daemon's fold and the sketch's own ``add_labelled`` use it.
+    ``sum p``) and as a label where ``count_label`` (default: every row); a row in the tail adds to
+    its tail sub-bin as well. One vectorised pass, whatever the number of groups: the daemon's fold
+    and the sketch's own ``add_predictions`` / ``add_labelled`` use it.
     """
-    key = group * fine_bins + metrics.bin_index(p, fine_bins)
-    size = n_groups * fine_bins
+    width = fine_bins + TAIL_BINS
+    key, rows = _cells(group, fine_bins, p)
+    size = n_groups * width
     pred = count_prediction.astype(np.float64)
     lab = np.ones(p.size) if count_label is None else count_label.astype(np.float64)
     p2 = p * p
@@ -365,5 +438,5 @@ def grouped_moments(
     }
     out = np.zeros((len(MOMENTS), size))
     for moment, weight in weights.items():
-        out[moment] = np.bincount(key, weights=weight, minlength=size)
-    return out.reshape(len(MOMENTS), n_groups, fine_bins).transpose(1, 0, 2)
+        out[moment] = np.bincount(key, weights=weight[rows], minlength=size)
+    return out.reshape(len(MOMENTS), n_groups, width).transpose(1, 0, 2)

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from monitor.collector.schemas import ErrorResponse, Rejection
+from monitor.collector.schemas import AdviceDecision, ErrorResponse, Rejection
 
 __all__ = [
     "AdviceOut",
@@ -80,6 +80,14 @@ class AdviceOut(_Out):
     alpha: float
 
 
+class RiskCoverageOut(_Out):
+    threshold: float = Field(description="Accept at or above this calibrated confidence (a bin edge)")
+    coverage: float = Field(description="Share of the window's predictions accepted")
+    labelled: int = Field(description="Labelled predictions accepted")
+    precision: float | None = Field(description="Correct among them (None: no labelled one)")
+    precision_lower: float | None = Field(description="Its one-sided exact lower bound at 1 - alpha")
+
+
 class AdviceResponse(_Out):
     model: str
     segment: str
@@ -87,6 +95,9 @@ class AdviceResponse(_Out):
     evaluated_at: float
     labelled: int
     advice: list[AdviceOut]
+    risk_coverage: list[RiskCoverageOut] = Field(
+        description="The risk-coverage curve at advice.curve's thresholds (nearest bin edges), highest first"
+    )
     guarantee: str
 
 
@@ -223,19 +234,11 @@ class RecalibrationResponse(_Out):
     report: dict[str, Any]
 
 
-class CalibrateResult(_Out):
+class CalibrateResult(_Out, AdviceDecision):
     index: int
     raw_confidence: float
     calibrated_confidence: float
     calibrator_version: str
-    action: str | None = Field(
-        None, description='With ?target=: "accept" at or above the advised threshold, else "review"'
-    )
-    threshold: float | None = Field(
-        None, description="With ?target=: the advised threshold applied (None: none)"
-    )
-    advice_window: str | None = Field(None, description="With ?target=: the window whose advice was applied")
-    advice_reason: str | None = Field(None, description="With ?target=: why there was no threshold to apply")
 
 
 class CalibrateResponse(_Out):

@@ -115,7 +115,20 @@ class Rejection(BaseModel):
     error: str
 
 
-class PredictionResultOut(BaseModel):
+class AdviceDecision(BaseModel):
+    """What ``?target=`` adds to a scored record: calmon's accept/review advice for it."""
+
+    action: str | None = Field(
+        None, description='With ?target=: "accept" at or above the advised threshold, else "review"'
+    )
+    threshold: float | None = Field(
+        None, description="With ?target=: the advised threshold applied (None: none)"
+    )
+    advice_window: str | None = Field(None, description="With ?target=: the window whose advice was applied")
+    advice_reason: str | None = Field(None, description="With ?target=: why there was no threshold to apply")
+
+
+class PredictionResultOut(AdviceDecision):
     index: int
     id: str
     calibrated_confidence: float

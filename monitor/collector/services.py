@@ -201,7 +201,7 @@ class Services:
         admitted = sorted(set(new) - refused)
         return [item for item in scored if item.model not in refused], rejections, admitted
 
-    def ingest_predictions(self, body: bytes) -> dict[str, Any]:
+    def ingest_predictions(self, body: bytes, target: float | None = None) -> dict[str, Any]:
         items = parse_body(body, "predictions", self.settings.limits)
         now = self.clock()
         horizon = self.settings.retention.raw_days
@@ -237,6 +237,8 @@ class Services:
             }
             for item, result in zip(scored, outcome.results, strict=True)
         ]
+        if target is not None:
+            self.add_decisions(results, [(item.model, item.segment) for item in scored], target)
         return {
             "accepted": outcome.accepted,
             "duplicates": outcome.duplicates,
@@ -277,22 +279,29 @@ class Services:
         if rejected and not prepared:
             raise _all_rejected(rejected, "every record was rejected")
         results = []
-        advice: dict[tuple[str, str], dict[str, Any]] = {}  # per series, looked up once per request
         for index, record, raw, kind, vector in prepared:
             values, version = self.scorer.score(record.model, record.segment, [raw], [(kind, vector)])
-            result = {
-                "index": index,
-                "raw_confidence": raw,
-                "calibrated_confidence": values[0],
-                "calibrator_version": version,
-            }
-            if target is not None:
-                key = (record.model, record.segment)
-                if key not in advice:
-                    advice[key] = self.advice_for(record.model, record.segment, target)
-                result.update(decide(advice[key], values[0]))
-            results.append(result)
+            results.append(
+                {
+                    "index": index,
+                    "raw_confidence": raw,
+                    "calibrated_confidence": values[0],
+                    "calibrator_version": version,
+                }
+            )
+        if target is not None:
+            self.add_decisions(results, [(r.model, r.segment) for _, r, *_ in prepared], target)
         return {"results": results, "rejected": [r.model_dump() for r in rejected]}
+
+    def add_decisions(
+        self, results: list[dict[str, Any]], series: list[tuple[str, str]], target: float
+    ) -> None:
+        """Each scored result's accept/review for ``target``; the advice looked up once per series."""
+        advice: dict[tuple[str, str], dict[str, Any]] = {}
+        for result, key in zip(results, series, strict=True):
+            if key not in advice:
+                advice[key] = self.advice_for(*key, target)
+            result.update(decide(advice[key], result["calibrated_confidence"]))
 
     def advice_for(self, model: str, segment: str, target: float) -> dict[str, Any]:
         """The threshold for ``target`` of a series (its segment, else the model-wide series), from the
@@ -385,6 +394,7 @@ class Services:
             "evaluated_at": evaluated_at,
             "labelled": stats.labelled,
             "advice": advice,
+            "risk_coverage": stats.risk_coverage,
             "guarantee": (
                 "accepting answers whose calibrated confidence is at least `threshold` gives a precision "
                 "of at least `target` with probability >= 1 - alpha on traffic like this window's "

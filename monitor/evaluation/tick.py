@@ -171,6 +171,7 @@ class EvaluationTick:
             reference=reference,
             advice_targets=self.settings.advice_targets_for,
             advice_alpha=self.settings.advice.alpha,
+            advice_curve=self.settings.advice.curve,
         )
         mark_calibrator_changes(stats, {w.name: w.seconds for w in self.windows}, changes, now)
         calibrators = [

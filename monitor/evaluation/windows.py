@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from monitor.calibration.advice import advise
+from monitor.calibration.advice import advise, curve_points
 from monitor.calibration.drift import js_distance, psi
 from monitor.calibration.estimate import AccuracyEstimate, estimate_accuracy, labelled_bias
 from monitor.calibration.sketch import CalibrationSketch, Moment
@@ -85,6 +85,8 @@ class WindowStats:
     estimate_check: str | None = None
     # Threshold advice per configured target precision (calibrated score only; calibration.advice)
     advice: list[dict[str, Any]] = field(default_factory=list)
+    # The risk-coverage curve at advice.curve's thresholds (their nearest bin edges), highest first
+    risk_coverage: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         # Shallow: the reliability rows and the histogram are shared, not copied (read-only, and
@@ -111,7 +113,7 @@ def window_stats(
     n, n_l = sketch.predictions, sketch.labelled
     stats = WindowStats(model, segment, window, score, n, n_l, n - n_l, n_l / n if n else 0.0)
     stats.histogram = sketch.histogram(ece_bins).tolist()
-    stats.confidence_sum = float(sketch.moments[Moment.SUM_P].sum())
+    stats.confidence_sum = float(sketch.uniform[Moment.SUM_P].sum())
     if n and reference is not None and reference.predictions:
         stats.reference_histogram = reference.histogram(ece_bins).tolist()
         stats.psi = _finite(psi(reference.histogram(ece_bins), sketch.histogram(ece_bins)))
@@ -167,12 +169,15 @@ def add_advice(
     sketches: dict[tuple[SeriesKey, str], CalibrationSketch],
     targets_of: Callable[[str, str], Sequence[float]],
     alpha: float,
+    curve: Sequence[float] = (),
 ) -> None:
-    """Each calibrated window's advised threshold for each target precision of its series."""
+    """Each calibrated window's advised threshold for each target precision of its series, and its
+    risk-coverage curve at the ``curve`` thresholds."""
     for s in results:
         if s.score == Score.CALIBRATED and s.labelled:
             sketch = sketches[((s.model, s.segment, s.score), s.window)]
             s.advice = [asdict(advise(sketch, target, alpha)) for target in targets_of(s.model, s.segment)]
+            s.risk_coverage = [asdict(p) for p in curve_points(sketch, curve, alpha)] if curve else []
 
 
 def cap_segments(
@@ -201,6 +206,7 @@ def evaluate_periods(
     reference: dict[SeriesKey, CalibrationSketch] | None = None,
     advice_targets: Callable[[str, str], Sequence[float]] | None = None,
     advice_alpha: float = 0.05,
+    advice_curve: Sequence[float] = (),
 ) -> list[WindowStats]:
     """WindowStats from (current, previous) sketches per window, e.g. from RollingWindows. Both
     periods map segments the same way, so a segment's data never moves between series over time.
@@ -224,7 +230,7 @@ def evaluate_periods(
             sketches[(key, spec.name)] = current[key]
     measure_bias(results, sketches)
     if advice_targets is not None:
-        add_advice(results, sketches, advice_targets, advice_alpha)
+        add_advice(results, sketches, advice_targets, advice_alpha, advice_curve)
     return results
 
 
@@ -238,6 +244,7 @@ def evaluate(
     cap_of: CapOf | None = None,
     n_boot: int = 500,
     advice_targets: Callable[[str, str], Sequence[float]] | None = None,
+    advice_curve: Sequence[float] = (),
 ) -> list[WindowStats]:
     """WindowStats for every series and window, summing the buckets in the database (no state)."""
     periods = {}
@@ -248,7 +255,15 @@ def evaluate(
             load_sketches(conn, fine_bins, since=since - spec.seconds, until=since),
         )
     series_of = registered_series(load_positions(conn), cap_of) if cap_of is not None else None
-    return evaluate_periods(windows, periods, ece_bins, series_of, n_boot, advice_targets=advice_targets)
+    return evaluate_periods(
+        windows,
+        periods,
+        ece_bins,
+        series_of,
+        n_boot,
+        advice_targets=advice_targets,
+        advice_curve=advice_curve,
+    )
 
 
 def mark_calibrator_changes(

@@ -238,7 +238,7 @@ def _fit_and_gate(
     )
 
 
-def _report(fitted: _Fitted, trigger: str, now: float, outcome: str, n_bins: int) -> dict[str, Any]:
+def _report(fitted: _Fitted, trigger: str, now: float, outcome: str, settings: Settings) -> dict[str, Any]:
     return reports.build(
         model=fitted.model,
         segment=fitted.segment,
@@ -253,9 +253,12 @@ def _report(fitted: _Fitted, trigger: str, now: float, outcome: str, n_bins: int
         outcome=outcome,
         reason=fitted.reason,
         fallback_from=fitted.fallback_from,
-        n_bins=n_bins,
+        n_bins=settings.evaluation.ece_bins,
         before_scores=fitted.before,
         after_scores=fitted.after,
+        advice_targets=settings.advice_targets_for(fitted.model, fitted.segment),
+        advice_alpha=settings.advice.alpha,
+        fine_bins=settings.evaluation.fine_bins,
     )
 
 
@@ -304,15 +307,14 @@ def _run(
     since: float | None,
 ) -> Outcome:
     fitted = _fit_and_gate(engine, settings, model, segment, since)
-    n_bins = settings.evaluation.ece_bins
     outcome = RecalibrationOutcome.PROMOTED if fitted.promote else RecalibrationOutcome.REJECTED
     if dry_run:
-        report = _report(fitted, trigger, now, RecalibrationOutcome.DRY_RUN, n_bins)
+        report = _report(fitted, trigger, now, RecalibrationOutcome.DRY_RUN, settings)
         report["data"]["since"] = since
         return Outcome(
             RecalibrationOutcome.DRY_RUN, fitted.model, fitted.segment, fitted.reason, None, report
         )
-    report = _report(fitted, trigger, now, outcome, n_bins)
+    report = _report(fitted, trigger, now, outcome, settings)
     report["data"]["since"] = since  # a drift's change point: only rows predicted after it
     calibrator_id = _write(engine, fitted, trigger, now, report)
     log.info("recalibration finished", extra={"model": model, "segment": segment, "outcome": str(outcome)})

@@ -8,18 +8,83 @@ import numpy as np
 
 import monitor.charts as charts
 from monitor.calibration import metrics
+from monitor.calibration.advice import ThresholdAdvice, advise
 from monitor.calibration.selection import Candidate, GateDecision, Split
+from monitor.calibration.sketch import DEFAULT_FINE_BINS, CalibrationSketch
 
 __all__ = [
     "build",
     "markdown",
     "reliability_rows",
     "svg",
+    "threshold_advice",
+    "threshold_moves",
 ]
 
 
 def reliability_rows(scores: np.ndarray, correct: np.ndarray, n_bins: int) -> list[dict[str, Any]]:
     return metrics.reliability_table(scores, correct, n_bins).rows()
+
+
+def _advice_dict(advice: ThresholdAdvice) -> dict[str, Any]:
+    return {
+        "threshold": advice.threshold,
+        "coverage": advice.coverage,
+        "precision": advice.precision,
+        "precision_lower": advice.precision_lower,
+        "labelled": advice.labelled,
+    }
+
+
+def threshold_advice(
+    before: np.ndarray,
+    after: np.ndarray,
+    correct: np.ndarray,
+    targets: tuple[float, ...] | list[float],
+    alpha: float,
+    fine_bins: int = DEFAULT_FINE_BINS,
+) -> dict[str, Any]:
+    """The accept/review threshold per target on the validation rows, scored by the serving
+    calibrator (before) and by the candidate (after): a threshold is a point on one calibrator's
+    scale, so it moves when the calibrator changes."""
+    sketches = {
+        name: CalibrationSketch(fine_bins).add(scores, correct)
+        for name, scores in (("before", before), ("after", after))
+    }
+    return {
+        "alpha": alpha,
+        "rows": int(correct.size),
+        "targets": [
+            {"target": t, **{name: _advice_dict(advise(s, t, alpha)) for name, s in sketches.items()}}
+            for t in targets
+        ],
+    }
+
+
+def _threshold_text(advice: dict[str, Any]) -> str:
+    if advice["threshold"] is None:
+        return "none reaches it"
+    return f"{advice['threshold']:.4f} (accepts {advice['coverage']:.1%})"
+
+
+def threshold_moves(report: dict[str, Any]) -> list[str]:
+    """One sentence per target on how the advised threshold moves with this decision."""
+    found = report.get("advice")
+    if not found:
+        return []
+    promoted = report["outcome"] == "promoted"
+    lines = []
+    for row in found["targets"]:
+        before, after = _threshold_text(row["before"]), _threshold_text(row["after"])
+        verb = "moves" if promoted else "would have moved"
+        head = f"Precision {row['target']:.0%}:"
+        if row["before"]["threshold"] is None and row["after"]["threshold"] is None:
+            lines.append(f"{head} no threshold reaches it on these rows, before or after.")
+        elif row["before"]["threshold"] == row["after"]["threshold"]:
+            lines.append(f"{head} the threshold stays at {before}.")
+        else:
+            lines.append(f"{head} the threshold {verb} from {before} to {after}.")
+    return lines
 
 
 def build(
@@ -40,6 +105,9 @@ def build(
     n_bins: int,
     before_scores: np.ndarray | None = None,
     after_scores: np.ndarray | None = None,
+    advice_targets: tuple[float, ...] | list[float] = (),
+    advice_alpha: float = 0.05,
+    fine_bins: int = DEFAULT_FINE_BINS,
 ) -> dict[str, Any]:
     report: dict[str, Any] = {
         "model": model,
@@ -64,6 +132,10 @@ def build(
     if before_scores is not None and after_scores is not None:
         report["reliability_before"] = reliability_rows(before_scores, split.val_correct, n_bins)
         report["reliability_after"] = reliability_rows(after_scores, split.val_correct, n_bins)
+        if advice_targets:
+            report["advice"] = threshold_advice(
+                before_scores, after_scores, split.val_correct, advice_targets, advice_alpha, fine_bins
+            )
     return report
 
 
@@ -121,6 +193,28 @@ def markdown(report: dict[str, Any]) -> str:
                     f"{_fmt(b['mean_confidence'])} | {_fmt(b['accuracy'])} | "
                     f"{_fmt(a.get('mean_confidence'))} | {_fmt(a.get('accuracy'))} |"
                 )
+    if report.get("advice"):
+        found = report["advice"]
+        lines += [
+            "",
+            f"## Accept/review thresholds on the {found['rows']} validation rows (before -> after)",
+            "",
+            "A threshold is a point on one calibrator's scale: it moves when the calibrator changes. "
+            f"Each keeps the precision of accepted answers at the target with probability "
+            f"{1 - found['alpha']:.0%}. Apps that route on a threshold take the new one from "
+            f"`GET /v1/models/{report['model']}/advice` (or `POST /v1/calibrate?target=`), recomputed "
+            "from served traffic at every evaluation.",
+            "",
+            "| target | threshold before | coverage before | threshold after | coverage after |",
+            "|---:|---:|---:|---:|---:|",
+        ]
+        for row in found["targets"]:
+            b, a = row["before"], row["after"]
+            lines.append(
+                f"| {row['target']} | {_fmt(b['threshold'])} | {_fmt(b['coverage'])} | "
+                f"{_fmt(a['threshold'])} | {_fmt(a['coverage'])} |"
+            )
+        lines += ["", *threshold_moves(report)]
     return "\n".join(lines) + "\n"
 
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from sqlalchemy import BigInteger, Connection, cast, delete, func, insert, literal, select
 
-from monitor.calibration.sketch import CalibrationSketch, Moment
+from monitor.calibration.sketch import TAIL_BINS, CalibrationSketch, Moment
 from monitor.store.schema import MOMENT_COLUMNS, sketch_bins, sketch_hours
 
 __all__ = [
@@ -45,7 +45,8 @@ def fold_hours(
     """Add fine-bucket deltas (model, segment, score, bucket start, moments) to their hours."""
     summed: dict[tuple[str, str, str, float], np.ndarray] = {}
     for model, segment, score, bucket_start, moments in deltas:
-        coarse = moments.reshape(moments.shape[0], bins, -1).sum(axis=2)
+        uniform = moments[:, : moments.shape[1] - TAIL_BINS]  # the tail repeats the top bins
+        coarse = uniform.reshape(moments.shape[0], bins, -1).sum(axis=2)
         key = (model, segment, score, float(bucket_start // HOUR * HOUR))
         if key in summed:
             summed[key] += coarse
@@ -74,7 +75,9 @@ def rebuild_hours(conn: Connection, bins: int, fine_bins: int, since: float | No
     hour = (cast(sketch_bins.c.bucket_start, BigInteger) // HOUR) * HOUR
     coarse = sketch_bins.c.bin // (fine_bins // bins)
     keys = (sketch_bins.c.model, sketch_bins.c.segment, sketch_bins.c.score, hour, coarse)
-    query = select(*keys[:4], literal(bins), keys[4], *(func.sum(sketch_bins.c[m]) for m in MOMENT_COLUMNS))
+    query = select(
+        *keys[:4], literal(bins), keys[4], *(func.sum(sketch_bins.c[m]) for m in MOMENT_COLUMNS)
+    ).where(sketch_bins.c.bin < fine_bins)  # the tail repeats the top bins
     if start is not None:
         query = query.where(sketch_bins.c.bucket_start >= start)
     columns = ["model", "segment", "score", "hour_start", "bins", "bin", *MOMENT_COLUMNS]
@@ -121,8 +124,8 @@ def sketch_history(
         .where(table.c.model == model, start >= since)
         .group_by(table.c.score, period, coarse)
     )
-    if hourly:
-        query = query.where(table.c.bins == n_bins)
+    # hourly rows hold one binning; fine buckets also hold the tail, which repeats the top bins
+    query = query.where(table.c.bins == n_bins) if hourly else query.where(table.c.bin < fine_bins)
     if only is not None:
         query = query.where(table.c.segment.in_(list(only)))
     if exclude:

@@ -201,6 +201,8 @@ events = Table(
 
 # CalibrationSketch moments per (model, segment, score, bucket of prediction time, fine bin).
 # Late labels add to the bucket of their prediction. Always equal to a recompute from raw rows.
+# Bins 0 .. fine_bins-1 are the uniform bins; fine_bins .. fine_bins+TAIL_BINS-1 the tail, a second,
+# finer count of the top ~5% of confidence (``calibration.sketch``): sums across bins take bin < fine_bins.
 sketch_bins = Table(
     "sketch_bins",
     metadata,

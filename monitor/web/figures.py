@@ -125,7 +125,17 @@ def series_charts(
         ),
         "history": cache.get(history_key, history_chart),
         "accuracy": cache.get(("accuracy", *key[:3]), accuracy_chart),
+        "risk_coverage": cache.get(("risk_coverage", *key), lambda: risk_coverage_chart(view)),
     }
+
+
+def risk_coverage_chart(view: SeriesView) -> str:
+    stats = view.calibrated
+    points = stats.risk_coverage if stats is not None else []
+    advice = stats.advice if stats is not None else []
+    labels = stats.labelled if stats is not None else 0
+    title = f"Risk-coverage, {view.window} window, calibrated\n{labels:,} labels; threshold beside each point"
+    return charts.risk_coverage("risk-coverage", title, points, advice)
 
 
 def _duration(seconds: int) -> str:

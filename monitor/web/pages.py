@@ -20,6 +20,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from monitor.collector.auth import AuthError
 from monitor.collector.deps import CalibratorId, ContextDep, ModelName, NameQuery
 from monitor.recalibration.report import svg as report_svg
+from monitor.recalibration.report import threshold_moves
 from monitor.store.engine import READ_ONLY
 from monitor.store.reports import load_report
 from monitor.vocabulary import MODEL_WIDE
@@ -152,6 +153,7 @@ def model_page(
     return render(
         request, "model.html", view=view, charts={k: Markup(v) for k, v in figures.items()}, now=now,  # noqa: S704
         auth=ctx.auth.enabled, tolerance=ctx.settings.drift_for(model, segment).tolerance,
+        fine_bins=ctx.settings.evaluation.fine_bins,
     )  # fmt: skip
 
 
@@ -182,7 +184,8 @@ def report_page(calibrator_id: CalibratorId, ctx: ContextDep, request: Request) 
     chart = _charts(request).get(("report", calibrator_id), lambda: report_svg(report))
     return render(
         request, "report.html", report=report, calibrator_id=calibrator_id, chart=Markup(chart),  # noqa: S704
-        advice=words.report_advice(report, calibrator_id), now=now, auth=ctx.auth.enabled,
+        advice=words.report_advice(report, calibrator_id), moves=threshold_moves(report), now=now,
+        auth=ctx.auth.enabled,
     )  # fmt: skip
 
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from monitor.calibration import metrics as m
-from monitor.calibration.sketch import CalibrationSketch
+from monitor.calibration.sketch import TAIL_BINS, CalibrationSketch, tail_edges, tail_start_bin
 
 FINE = 120
 EDGES = np.linspace(0, 1, FINE + 1)
@@ -142,13 +142,39 @@ def test_serialisation_round_trips_compactly() -> None:
     rng = np.random.default_rng(1)
     sketch = CalibrationSketch.from_arrays(rng.random(100), rng.random(100) < 0.5)
     blob = sketch.to_bytes()
-    assert len(blob) == 8 + 10 * 120 * 8
+    assert len(blob) == 8 + 10 * (120 + TAIL_BINS) * 8
     assert CalibrationSketch.from_bytes(blob) == sketch
+    before_the_tail = blob[:8] + sketch.uniform.astype("<f8").tobytes()
+    old = CalibrationSketch.from_bytes(before_the_tail)
+    assert np.array_equal(old.uniform, sketch.uniform) and not old.tail.any()
     assert CalibrationSketch.from_dict(sketch.to_dict()) == sketch
     with pytest.raises(ValueError, match="not a serialised"):
         CalibrationSketch.from_bytes(b"XXXX" + blob[4:])
     with pytest.raises(ValueError, match="truncated"):
         CalibrationSketch.from_bytes(blob[:-8])
+
+
+@pytest.mark.parametrize("fine_bins", [120, 60, 2])
+def test_the_tail_recounts_the_top_bins_finer_and_no_metric_reads_it(fine_bins: int) -> None:
+    rng = np.random.default_rng(3)
+    p = np.concatenate([rng.beta(20, 0.5, 5000), [1.0, 0.95, tail_edges(fine_bins)[5]]])
+    y = rng.random(p.size) < p
+    sketch = CalibrationSketch(fine_bins).add_predictions(p).add_labelled(p[::2], y[::2])
+    start = tail_start_bin(fine_bins)
+    edges = np.append(tail_edges(fine_bins), 1.0)
+    assert edges[0] == pytest.approx(start / fine_bins)
+    in_tail = p > edges[0]
+    for k in range(TAIL_BINS):  # each sub-bin holds exactly the confidences in (lo, hi]
+        inside = (p > edges[k]) & (p <= edges[k + 1]) if k < TAIL_BINS - 1 else p > edges[k]
+        assert sketch.tail[0, k] == inside.sum()
+        assert sketch.tail[1, k] == pytest.approx(p[inside].sum())
+    assert sketch.tail[0].sum() == in_tail.sum() == sketch.uniform[0, start:].sum()
+    assert sketch.tail[2].sum() == sketch.uniform[2, start:].sum()  # labels too
+    without = CalibrationSketch(fine_bins, np.concatenate([sketch.uniform, np.zeros_like(sketch.tail)], 1))
+    assert sketch.metrics(fine_bins) == without.metrics(fine_bins)
+    assert sketch.predictions == p.size
+    coarse = sketch.coarsen(1)
+    assert np.array_equal(coarse.tail, sketch.tail) and coarse.predictions == p.size
 
 
 def test_equal_mass_ece_approximates_quantile_ece() -> None:

@@ -24,7 +24,7 @@ def test_advice_per_target_matches_a_direct_computation_and_is_exported(
 ) -> None:
     settings = make_settings(
         evaluation={"windows": ["1h", "6h"], "bootstrap_draws": 50},
-        advice={"targets": [0.9, 0.95]},
+        advice={"targets": [0.9, 0.95], "curve": [0.5, 0.8, 0.95, 0.99]},
         models={"llm": {"segments": {"hard": {"advice_targets": [0.8]}}}},
     )
     clock = Clock(START)
@@ -64,6 +64,13 @@ def test_advice_per_target_matches_a_direct_computation_and_is_exported(
             assert got["precision_lower"] == pytest.approx(expected.precision_lower)
             assert got["threshold"] is not None and got["precision_lower"] >= got["target"]
         assert "probability >= 1 - alpha" in easy["guarantee"]
+        curve = easy["risk_coverage"]  # at the bin edges nearest the configured thresholds, highest first
+        assert [pt["threshold"] for pt in curve] == pytest.approx([0.99, 0.95, 0.8, 0.5], abs=1e-3)
+        for pt in curve:
+            accepted = p > pt["threshold"]
+            assert pt["coverage"] == pytest.approx(accepted.mean()) and pt["labelled"] == accepted.sum()
+            assert pt["precision"] == pytest.approx(y[accepted].mean())
+            assert pt["precision_lower"] <= pt["precision"]
         one = client.get("/v1/models/llm/advice", params={"segment": "hard", "target": 0.8}).json()
         assert [a["target"] for a in one["advice"]] == [0.8]  # the segment's own targets
         refused = client.get("/v1/models/llm/advice", params={"segment": "hard", "target": 0.9})
@@ -86,6 +93,23 @@ def test_advice_per_target_matches_a_direct_computation_and_is_exported(
         assert [r["action"] for r in decided] == ["accept", "review"]  # identity serves c as sent
         # the window with the most labels (a tie here: all 6000 in both, the first configured wins)
         assert {r["advice_window"] for r in decided} == {"1h"} and decided[0]["threshold"] == threshold
+        logged = client.post(  # logging with a target: the same decision, and the records are stored
+            "/v1/predictions",
+            params={"target": 0.9},
+            json={
+                "predictions": [
+                    {"model": "llm", "id": f"t{i}", "segment": "easy", "confidence": c, "ts": START}
+                    for i, c in enumerate((threshold, threshold - 0.01))
+                ]
+            },
+        ).json()
+        assert logged["accepted"] == 2 and [r["action"] for r in logged["results"]] == ["accept", "review"]
+        assert logged["results"][0]["threshold"] == threshold
+        plain_log = client.post(
+            "/v1/predictions",
+            json={"predictions": [{"model": "llm", "id": "t9", "confidence": 0.5, "ts": START}]},
+        ).json()
+        assert "action" not in plain_log["results"][0]
         other = client.post(
             "/v1/calibrate",
             params={"target": 0.97},
@@ -108,3 +132,7 @@ def test_advice_per_target_matches_a_direct_computation_and_is_exported(
     assert sample("calmon_advised_coverage", exposition, **labels) == pytest.approx(
         easy["advice"][0]["coverage"]
     )
+    for pt in curve:
+        at = {"model": "llm", "segment": "easy", "window": "1h", "threshold": f"{pt['threshold']:.4g}"}
+        assert sample("calmon_accept_coverage", exposition, **at) == pytest.approx(pt["coverage"])
+        assert sample("calmon_accept_precision", exposition, **at) == pytest.approx(pt["precision"])

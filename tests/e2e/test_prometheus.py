@@ -86,7 +86,7 @@ def test_prometheus_scrapes_calmon_and_promql_reproduces_the_ece(tmp_path: Path,
         daemon.stop()
 
 
-def test_prometheus_scrapes_the_label_free_estimate_and_the_floor_alert_expression_selects_it(
+def test_prometheus_scrapes_the_label_free_estimate_the_advice_and_the_floor_alert_selects_it(
     tmp_path: Path,
 ) -> None:
     config = tmp_path / "calmon.yaml"
@@ -98,8 +98,9 @@ def test_prometheus_scrapes_the_label_free_estimate_and_the_floor_alert_expressi
         daemon.wait_healthy()
         now = time.time()
         served: dict[str, np.ndarray] = {}
-        for model in ("hard", "easy"):  # both honest (identity serves them), both mostly wrong
-            p = rng.uniform(0.2, 0.5, 800)
+        # all honest (identity serves them); hard and easy mostly wrong, sure mostly right
+        for model in ("hard", "easy", "sure"):
+            p = rng.beta(20, 1, 800) if model == "sure" else rng.uniform(0.2, 0.5, 800)
             served[model] = p
             records = [
                 {"model": model, "id": f"{model}{i}", "confidence": float(p[i]), "ts": now - 3 * i}
@@ -110,7 +111,7 @@ def test_prometheus_scrapes_the_label_free_estimate_and_the_floor_alert_expressi
             ).is_success
             labels = [
                 {"model": model, "id": f"{model}{i}", "correct": bool(rng.random() < p[i])}
-                for i in range(300)
+                for i in range(800 if model == "sure" else 300)
             ]
             assert httpx.post(
                 f"{daemon.base_url}/v1/feedback", json={"feedback": labels}, timeout=60
@@ -138,6 +139,23 @@ def test_prometheus_scrapes_the_label_free_estimate_and_the_floor_alert_expressi
             ("hard", "7d"),
         }
         assert all(r["metric"]["model"] == "hard" for r in firing)  # easy's floor is 0.1: it stays quiet
+        # threshold advice and the risk-coverage curve, as the API serves them
+        served_advice = httpx.get(f"{daemon.base_url}/v1/models/sure/advice", params={"window": "1h"}).json()
+        advised = served_advice["advice"][0]
+        assert advised["target"] == 0.9 and advised["threshold"] is not None
+        at = 'model="sure",segment="*",window="1h",target="0.9"'
+        assert (
+            float(prometheus.wait_for(f"calmon_advised_threshold{{{at}}}")[0]["value"][1])
+            == advised["threshold"]
+        )
+        assert float(prometheus.wait_for(f"calmon_advised_coverage{{{at}}}")[0]["value"][1]) == pytest.approx(
+            advised["coverage"]
+        )
+        panel = 'max by (threshold) (calmon_accept_coverage{model="sure", segment="*", window="1h"})'
+        scraped = {r["metric"]["threshold"]: float(r["value"][1]) for r in prometheus.wait_for(panel)}
+        expected = {f"{pt['threshold']:.4g}": pt["coverage"] for pt in served_advice["risk_coverage"]}
+        assert scraped.keys() == expected.keys() and len(scraped) >= 10
+        assert all(scraped[k] == pytest.approx(v) for k, v in expected.items())
     finally:
         if prometheus is not None:
             prometheus.stop()

@@ -143,6 +143,13 @@ def test_overview_model_page_and_report_in_chromium(drifted: Any) -> None:
         assert markers.count() + hollow.count() == len(labelled_bins) > 5
         assert page.locator("svg#reliability").bounding_box()["width"] > 350
         assert page.locator('svg#history g[id="history-calibrated-ece"] path').count() >= 1
+        advice = httpx.get(
+            f"{daemon.base_url}/v1/models/qa-llm/advice", params={"segment": "billing", "window": "24h"}
+        ).json()
+        drawn = page.locator('svg#risk-coverage g[id="risk-coverage-precision"] use')  # one marker per point
+        assert drawn.count() == len([p for p in advice["risk_coverage"] if p["precision"] is not None]) >= 5
+        assert page.locator("svg#risk-coverage").bounding_box()["width"] > 350
+        assert page.locator("table.advice tbody tr").count() == len(advice["advice"]) == 3
         assert not recorder.problems, recorder.problems
         assert not_blank(tmp / "model.png") > 20
 
@@ -151,6 +158,8 @@ def test_overview_model_page_and_report_in_chromium(drifted: Any) -> None:
         save(page, tmp, "report.png")
         assert "promoted" in page.locator("h1").inner_text()
         assert page.locator("table.gate tbody tr").count() == 4
+        assert page.locator("table.advice tbody tr").count() == 3  # before/after per advice target
+        assert page.locator("table.advice ~ p").first.inner_text().startswith("Precision 90%:")
         assert page.locator("svg#report-reliability g#report-reliability-after-bins use").count() > 3
         assert not recorder.problems, recorder.problems
         assert all(url.startswith(daemon.base_url) for url in recorder.requests)

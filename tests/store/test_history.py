@@ -28,10 +28,13 @@ def hours_table(engine: Engine, bins: int = BINS) -> dict[tuple[Any, ...], np.nd
 
 
 def coarsened_buckets(engine: Engine, bins: int = BINS) -> dict[tuple[Any, ...], np.ndarray]:
-    """The fine buckets summed per hour and coarse bin, in Python: what the rollup must hold."""
+    """The fine buckets summed per hour and coarse bin, in Python: what the rollup must hold (the
+    tail's rows, bins >= FINE, left out: their predictions are already in the top uniform bins)."""
     out: dict[tuple[Any, ...], np.ndarray] = {}
     with engine.connect() as conn:
         for r in conn.execute(select(sketch_bins)).all():
+            if r.bin >= FINE:  # the tail: a finer recount of the top bins
+                continue
             key = (r.model, r.segment, r.score, float(r.bucket_start // HOUR * HOUR), r.bin // (FINE // bins))
             values = np.array([getattr(r, m) for m in MOMENT_COLUMNS], dtype=float)
             out[key] = out[key] + values if key in out else values

@@ -202,6 +202,13 @@ def test_history_equals_a_recomputation_from_the_raw_rows(fed: Fed, settings: Se
     assert advice is not None and advice.group(1).count("<tr><td") == len(settings.advice.targets)
     drawn = points(html, "accuracy", "accuracy-estimated")  # one marker per period with predictions
     assert len(drawn) == sum(1 for point in periods if point.accuracy.get("estimated") is not None) >= 10
+    served = fed.client.get("/v1/models/qa/advice", params={"segment": "b", "window": "6h"}).json()
+    curve = [p for p in served["risk_coverage"] if p["precision"] is not None]
+    assert len(points(html, "risk-coverage", "risk-coverage-precision")) == len(curve) >= 5
+    advised = [a for a in served["advice"] if a["threshold"] is not None]
+    assert len(points(html, "risk-coverage", "risk-coverage-advised")) == len(advised)
+    for point in curve:  # each point's threshold is written beside it
+        assert f">{point['threshold']:.3g}<" in html
 
 
 def test_decision_report_page_explains_the_gate(fed: Fed) -> None:
@@ -220,6 +227,11 @@ def test_decision_report_page_explains_the_gate(fed: Fed) -> None:
         assert len(drawn) == len([r for r in report[key] if r["count"]]) > 3
     for candidate in report["candidates"]:
         assert f"<td>{candidate['method']}" in html
+    table = re.search(r'<table class="advice">(.*?)</table>', html, re.S)
+    assert table is not None and table.group(1).count("<tr><td") == len(report["advice"]["targets"])
+    assert "it moves when the calibrator changes" in html
+    for row in report["advice"]["targets"]:
+        assert f"Precision {row['target']:.0%}: " in html
 
 
 def test_report_svg_is_a_titled_chart_with_ticks_and_ece(fed: Fed) -> None:

@@ -28,18 +28,29 @@ class Seen:
 Answer = tuple[int, dict[str, str], Any]
 
 
+def advised(request: Seen, result: dict[str, Any]) -> dict[str, Any]:
+    """With ?target=, calmon's advice: accept at or above 0.7."""
+    if "target" in request.query:
+        action = "accept" if result["calibrated_confidence"] >= 0.7 else "review"
+        result |= {"action": action, "threshold": 0.7, "advice_window": "24h", "advice_reason": None}
+    return result
+
+
 def calmon_like(request: Seen) -> Answer:
     """What calmon answers to a well-formed batch (every record new; calibrated = raw * 0.9)."""
     if request.path == "/v1/predictions":
         records = request.body["predictions"]
         results = [
-            {
-                "index": i,
-                "id": r["id"],
-                "calibrated_confidence": r.get("confidence", 0.5) * 0.9,
-                "calibrator_version": "3",
-                "duplicate": False,
-            }
+            advised(
+                request,
+                {
+                    "index": i,
+                    "id": r["id"],
+                    "calibrated_confidence": r.get("confidence", 0.5) * 0.9,
+                    "calibrator_version": "3",
+                    "duplicate": False,
+                },
+            )
             for i, r in enumerate(records)
         ]
         return (
@@ -64,10 +75,7 @@ def calmon_like(request: Seen) -> Answer:
             "calibrated_confidence": r["confidence"] * 0.9,
             "calibrator_version": "3",
         }
-        if "target" in request.query:  # calmon's advice: accept at or above 0.7
-            action = "accept" if result["calibrated_confidence"] >= 0.7 else "review"
-            result |= {"action": action, "threshold": 0.7, "advice_window": "24h", "advice_reason": None}
-        return 200, {}, {"results": [result], "rejected": []}
+        return 200, {}, {"results": [advised(request, result)], "rejected": []}
     return 404, {}, {"error": "not found"}
 
 

@@ -197,6 +197,20 @@ def test_calibrate_with_a_target_returns_calmons_advice_and_reviews_on_fallback(
     assert fallback.fallback and fallback.action == "review"  # no advice: the conservative choice
 
 
+def test_log_with_wait_and_a_target_returns_the_action_too(standin: ScriptedStandin, dead_url: str) -> None:
+    with Client(standin.url) as client:
+        high = client.log_prediction("m", "1", confidence=0.9, wait=True, target=0.95)
+        low = client.log_prediction("m", "2", confidence=0.5, wait=True, target=0.95)
+        with pytest.raises(TypeError, match="target needs wait=True"):
+            client.log_prediction("m", "3", confidence=0.5, target=0.95)  # type: ignore[call-overload]
+    assert (high.action, high.threshold, low.action) == ("accept", 0.7, "review")
+    assert [s.query for s in standin.seen if s.path == "/v1/predictions"][:2] == [{"target": ["0.95"]}] * 2
+    with Client(dead_url, calibrate_timeout=0.2) as down:
+        fallback = down.log_prediction("m", "4", confidence=0.99, wait=True, target=0.9)
+        down.close(timeout=0.1)
+    assert fallback.fallback and fallback.action == "review"
+
+
 def test_log_with_wait_returns_the_calibrated_score_or_queues_the_record(standin: ScriptedStandin) -> None:
     with Client(
         standin.url, calibrate_timeout=0.3, breaker_seconds=0.01, flush_interval=0.05, retry=FAST

@@ -25,9 +25,14 @@ WRITE_ERRORS = errors(400, 413, 415, 422)
     responses=WRITE_ERRORS,
     summary="Log a batch of predictions; returns each calibrated confidence",
 )
-async def post_predictions(request: Request, limits: LimitsDep, services: ServicesDep) -> Response:
+async def post_predictions(
+    request: Request,
+    limits: LimitsDep,
+    services: ServicesDep,
+    target: Annotated[float | None, Query(gt=0, lt=1, description="Also say accept/review for it")] = None,
+) -> Response:
     body = await read_body(request, limits.max_body_bytes)
-    return JSONResponse(await run_in_threadpool(services.ingest_predictions, body))
+    return JSONResponse(await run_in_threadpool(services.ingest_predictions, body, target))
 
 
 @router.post(

@@ -95,6 +95,7 @@ class AsyncClient(ClientCore):
         ts: float | datetime | None = ...,
         predicted: str | int | None = ...,
         wait: Literal[True],
+        target: float | None = ...,
     ) -> Calibrated: ...
     async def log_prediction(
         self,
@@ -109,6 +110,7 @@ class AsyncClient(ClientCore):
         ts: float | datetime | None = None,
         predicted: str | int | None = None,
         wait: bool = False,
+        target: float | None = None,
     ) -> Calibrated | None:
         """See ``Client.log_prediction``."""
         record = prediction_record(
@@ -122,8 +124,10 @@ class AsyncClient(ClientCore):
             logits,
             token_logprobs,
         )
+        if target is not None and not wait:
+            raise TypeError("target needs wait=True: the advice comes back with the calibrated confidence")
         if wait:
-            return await self._inline(PREDICTION, record)
+            return await self._inline(PREDICTION, record, target)
         self._put(PREDICTION, record)
         return None
 

@@ -110,6 +110,7 @@ class Client(ClientCore):
         ts: float | datetime | None = ...,
         predicted: str | int | None = ...,
         wait: Literal[True],
+        target: float | None = ...,
     ) -> Calibrated: ...
     def log_prediction(
         self,
@@ -124,11 +125,14 @@ class Client(ClientCore):
         ts: float | datetime | None = None,
         predicted: str | int | None = None,
         wait: bool = False,
+        target: float | None = None,
     ) -> Calibrated | None:
         """Log one prediction (``ts`` defaults to now: the prediction time, not the delivery time).
 
         With ``wait=True`` the record is sent now and its calibrated confidence returned; if calmon
         does not answer within ``calibrate_timeout`` the record is queued and the raw score returned.
+        With ``target`` (a configured advice target precision) too, calmon's ``action``: "accept" or
+        "review" ("review" when calmon could not be asked).
         """
         record = prediction_record(
             model,
@@ -141,8 +145,10 @@ class Client(ClientCore):
             logits,
             token_logprobs,
         )
+        if target is not None and not wait:
+            raise TypeError("target needs wait=True: the advice comes back with the calibrated confidence")
         if wait:
-            return self._inline(PREDICTION, record)
+            return self._inline(PREDICTION, record, target)
         if self.queue_record(PREDICTION, record) and not self._wake.is_set():
             self._wake.set()
         return None
