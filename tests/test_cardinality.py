@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 
+from monitor.store.segments import TRACKED_BEYOND_CAP
 from tests.support.daemon import Daemon
 from tests.support.polling import eventually
 
@@ -72,7 +73,11 @@ def test_100k_segments_and_10k_models_stay_within_the_configured_bounds(tmp_path
         daemon.stop()
     assert segments == {f"seg-{i}" for i in range(50)} | {"other", "*"}  # the first 50 folded, then other
     # the API says where the rest went, and lists the series, not 100k segments
-    assert detail["segment_cap"] == {"max_segments": 50, "segments_folded_into_other": 99_950}
+    assert detail["segment_cap"] == {  # counted up to a bound: the segments table stays bounded too
+        "max_segments": 50,
+        "segments_folded_into_other": TRACKED_BEYOND_CAP,
+        "segments_counted_up_to": TRACKED_BEYOND_CAP,
+    }
     assert [s["segment"] for s in detail["segments"]] == sorted([f"seg-{i}" for i in range(50)] + ["other"])
     assert sum(s["predictions"] for s in detail["segments"]) == 100_000
     assert size < METRICS_BOUND_BYTES, size

@@ -50,7 +50,11 @@ class SegmentSummary(_Out):
 
 class SegmentCap(_Out):
     max_segments: int
-    segments_folded_into_other: int
+    segments_folded_into_other: int = Field(
+        description="Segments folded into `other`, counted up to `segments_counted_up_to` "
+        "(a bound: segment names are the client's)"
+    )
+    segments_counted_up_to: int
 
 
 class ModelSummary(_Out):

@@ -36,7 +36,7 @@ from monitor.store.models import known_models, register_models
 from monitor.store.queries import ModelCounts, SegmentCounts, active_calibrators, model_counts
 from monitor.store.records import PredictionRow
 from monitor.store.reports import load_report
-from monitor.store.segments import SegmentMap, load_positions
+from monitor.store.segments import TRACKED_BEYOND_CAP, SegmentMap, load_positions
 from monitor.telemetry import ServiceMetrics
 from monitor.vocabulary import MODEL_WIDE, OTHER_SEGMENT, EventKind, FeedbackOutcome, Score
 
@@ -53,17 +53,15 @@ def window_summary(stats: WindowStats) -> dict[str, Any]:
     return data
 
 
-def _merge_segments(
-    counts: ModelCounts, series_of: Callable[[str, str], str]
-) -> tuple[list[SegmentCounts], int]:
+def _merge_segments(counts: ModelCounts, segment_map: SegmentMap) -> tuple[list[SegmentCounts], int]:
     """The model's segments as its series (the segment cap: beyond it, one ``other`` row), and how many
-    segments were folded into ``other``. Keeps the answer bounded whatever segments clients sent."""
+    segments were folded into ``other`` (registered ones, exact up to ``TRACKED_BEYOND_CAP``). Keeps
+    the answer bounded whatever segments clients sent. ``segment_map`` is a preview: never saved."""
     merged: dict[str, SegmentCounts] = {}
-    folded = 0
     # oldest first: a segment not folded yet takes a free place as the fold would (by first prediction)
     for s in sorted(counts.segments, key=lambda s: (s.first_ts is None, s.first_ts or 0.0, s.segment)):
-        name = series_of(counts.model, s.segment)
-        folded += name != s.segment
+        # the totals hold ``other`` already folded; the rows not folded yet, their own segments
+        name = OTHER_SEGMENT if s.segment == OTHER_SEGMENT else segment_map.series(counts.model, s.segment)
         into = merged.get(name)
         if into is None:
             merged[name] = SegmentCounts(
@@ -86,13 +84,15 @@ def _merge_segments(
         into.last_ts = (
             max(t for t in (into.last_ts, s.last_ts) if t is not None) if s.last_ts else into.last_ts
         )
+    cap = segment_map.cap_of(counts.model)
+    folded = sum(p >= cap for p in segment_map.positions.get(counts.model, {}).values())
     return sorted(merged.values(), key=lambda s: s.segment), folded
 
 
-def model_summary(
-    counts: ModelCounts, series_of: Callable[[str, str], str] | None = None, cap: int = 0
-) -> dict[str, Any]:
-    segments, folded = _merge_segments(counts, series_of) if series_of is not None else (counts.segments, 0)
+def model_summary(counts: ModelCounts, segment_map: SegmentMap | None = None, cap: int = 0) -> dict[str, Any]:
+    segments, folded = (
+        _merge_segments(counts, segment_map) if segment_map is not None else (counts.segments, 0)
+    )
     return {
         "model": counts.model,
         "predictions": counts.predictions,
@@ -115,7 +115,11 @@ def model_summary(
             }
             for s in segments
         ],
-        "segment_cap": {"max_segments": cap, "segments_folded_into_other": folded},
+        "segment_cap": {
+            "max_segments": cap,
+            "segments_folded_into_other": folded,
+            "segments_counted_up_to": TRACKED_BEYOND_CAP,
+        },
     }
 
 
@@ -340,16 +344,16 @@ class Services:
             counts = model_counts(conn)
             # a preview of the fold's mapping (never saved): folded segments as folded, new ones as the
             # fold will place them
-            series_of = SegmentMap(load_positions(conn), self.settings.max_segments_for).series
-        return [model_summary(c, series_of, self.settings.max_segments_for(c.model)) for c in counts.values()]
+            preview = SegmentMap(load_positions(conn), self.settings.max_segments_for)
+        return [model_summary(c, preview, self.settings.max_segments_for(c.model)) for c in counts.values()]
 
     def model_detail(self, model: str) -> dict[str, Any]:
         with self.engine.connect().execution_options(**READ_ONLY) as conn:
             counts = model_counts(conn, model).get(model)
             if counts is None:
                 raise ApiError(404, f"unknown model {model!r}", "model")
-            series_of = SegmentMap(load_positions(conn, [model]), self.settings.max_segments_for).series
-            summary = model_summary(counts, series_of, self.settings.max_segments_for(model))
+            preview = SegmentMap(load_positions(conn, [model]), self.settings.max_segments_for)
+            summary = model_summary(counts, preview, self.settings.max_segments_for(model))
             summary["calibrators"] = active_calibrators(conn, model)
         snapshot = self.snapshots.get()
         summary["evaluated_at"] = snapshot.created_at if snapshot else None

@@ -1,27 +1,31 @@
 """Sketch buckets: fold raw predictions and late labels into ``sketch_bins``, and read them back.
 
 Each prediction row carries ``agg_state`` (0: not counted; 1: counted as a prediction; 2: its label
-counted too). ``aggregate_pending`` takes a bounded batch of rows that need work, adds their moments
-to the buckets of their *prediction* time and advances their state, all in the caller's
-transaction: a crash before commit changes nothing, after commit everything — never a double count
-or a loss. On PostgreSQL the batch is locked with SKIP LOCKED, so concurrent runs never take the
-same row and a feedback transaction labelling a row waits for the run that holds it.
+counted too). ``aggregate_pending`` takes a bounded batch of rows that need work, reads their
+numbers in one array (``store.folding``), adds their moments to the buckets of their *prediction*
+time and advances their state with one statement, all in the caller's transaction: a crash before
+commit changes nothing, after commit everything — never a double count or a loss. On PostgreSQL the
+batch is locked with SKIP LOCKED, so concurrent runs never take the same row and a feedback
+transaction labelling a row waits for the run that holds it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import Connection, delete, func, select, update
+from sqlalchemy import Connection, delete, func, select
 
 from monitor.calibration.sketch import CalibrationSketch, Moment, grouped_moments
 from monitor.store.evidence import append_pending, label_sum_rows
+from monitor.store.folding import Batch, fetch_columns, mark_folded, series_pairs, use_series
 from monitor.store.history import fold_hours, rebuild_hours
 from monitor.store.schema import MOMENT_COLUMNS, needs_fold, predictions, sketch_bins
 from monitor.store.segments import CapOf, SegmentMap
+from monitor.store.totals import add_totals, reset_totals
 from monitor.vocabulary import Score
 
 __all__ = [
@@ -75,81 +79,75 @@ def aggregate_pending(
     ``evidence_bins``, the new labels' sums and bets (at ``tolerance_of(model)``) are also appended
     for the drift detectors (``store.evidence``) — never on a rebuild, whose labels were bet on when
     first folded. With ``hour_bins``, the hourly rollup too (``store.history``)."""
-    query = (
-        select(
-            predictions.c.pk,
-            predictions.c.model,
-            predictions.c.segment,
-            predictions.c.ts,
-            predictions.c.raw_confidence,
-            predictions.c.calibrated_confidence,
-            predictions.c.correct,
-            predictions.c.agg_state,
-        )
-        .where(needs_fold())
-        .order_by(predictions.c.pk)
-        .limit(limit)
-    )
-    if conn.dialect.name == "postgresql":
+    query = select(predictions.c.pk).where(needs_fold()).order_by(predictions.c.pk).limit(limit)
+    postgres = conn.dialect.name == "postgresql"
+    if postgres:
         query = query.with_for_update(skip_locked=True)
-    rows = conn.execute(query).all()
-    if not rows:
+    pks = conn.execute(query).scalars().all()
+    if not pks:
         return AggregationRun(0, [])
-    pk = np.fromiter((r.pk for r in rows), dtype=np.int64, count=len(rows))
-    ts = np.fromiter((r.ts for r in rows), dtype=np.float64, count=len(rows))
-    state = np.fromiter((r.agg_state for r in rows), dtype=np.int64, count=len(rows))
-    labelled = np.fromiter((r.correct is not None for r in rows), dtype=bool, count=len(rows))
-    correct = np.fromiter((bool(r.correct) for r in rows), dtype=np.float64, count=len(rows))
-    new_prediction = state == 0
-    new_label = labelled  # state 0 with a label, or state 1 with a label: the label is new either way
-
-    groups: dict[tuple[str, str, float], int] = {}
-    buckets = bucket_of(ts, bucket_seconds)
-    segment_map = SegmentMap.load(conn, {r.model for r in rows}, cap_of) if cap_of is not None else None
-    series = segment_map.series if segment_map is not None else _own_segment
-    group = np.fromiter(
-        (
-            groups.setdefault((r.model, series(r.model, r.segment), float(b)), len(groups))
-            for r, b in zip(rows, buckets, strict=True)
-        ),
-        dtype=np.int64,
-        count=len(rows),
-    )
-    deltas: list[BucketDelta] = []
-    confidences: dict[str, NDArray[np.float64]] = {}
-    for score, column in ((Score.RAW, "raw_confidence"), (Score.CALIBRATED, "calibrated_confidence")):
-        p = confidences[score] = np.fromiter(
-            (getattr(r, column) for r in rows), dtype=np.float64, count=len(rows)
-        )
-        moments = grouped_moments(group, len(groups), fine_bins, p, correct, new_prediction, new_label)
-        deltas.extend(BucketDelta(m, s, score, b, moments[g]) for (m, s, b), g in groups.items())
-    _upsert(conn, deltas)
+    batch = Batch.pending(pks, exact=postgres)
+    _, deltas = _fold(conn, batch, bucket_seconds, fine_bins, cap_of, evidence_bins, tolerance_of)
     if hour_bins is not None:
         fold_hours(
             conn, ((d.model, d.segment, d.score, d.bucket_start, d.moments) for d in deltas), hour_bins
         )
-    if evidence_bins is not None:
-        scores = {score: p[new_label] for score, p in confidences.items()}
-        rows_out = label_sum_rows(
-            list(groups), group[new_label], evidence_bins, scores, correct[new_label], tolerance_of
+    mark_folded(conn, batch)
+    return AggregationRun(len(pks), deltas)
+
+
+def _fold(
+    conn: Connection,
+    batch: Batch,
+    bucket_seconds: int,
+    fine_bins: int,
+    cap_of: CapOf | None,
+    evidence_bins: int | None = None,
+    tolerance_of: Callable[[str], float] = lambda model: 0.02,
+    pairs: list[tuple[str, str]] | None = None,
+) -> tuple[int, list[BucketDelta]]:
+    """Add a batch's moments to the buckets (and its new labels' bets to the detectors' input);
+    the rows read, and the deltas."""
+    if pairs is None:
+        pairs = series_pairs(conn, batch)
+    segment_map = SegmentMap.load(conn, {m for m, _ in pairs}, cap_of) if cap_of is not None else None
+    names = [(m, segment_map.series(m, s) if segment_map is not None else s) for m, s in pairs]
+    use_series(conn, pairs)
+    rows = fetch_columns(conn, batch)
+    if not rows.size:
+        return 0, []
+    distinct: dict[tuple[str, str], int] = {}
+    own = np.array([distinct.setdefault(name, len(distinct)) for name in names], dtype=np.int64)[rows.series]
+    keys, group = _groups(own, bucket_of(rows.ts, bucket_seconds), list(distinct))
+    add_totals(conn, list(distinct), own, rows.ts, rows.raw, rows.correct, rows.fresh)
+    labelled = rows.correct >= 0
+    correct = np.where(labelled, rows.correct, 0.0)
+    deltas: list[BucketDelta] = []
+    scores = {Score.RAW: rows.raw, Score.CALIBRATED: rows.calibrated}
+    for score, p in scores.items():
+        moments = grouped_moments(group, len(keys), fine_bins, p, correct, rows.fresh, labelled)
+        _upsert(conn, keys, str(score), moments)
+        deltas.extend(BucketDelta(m, s, score, b, moments[g]) for g, (m, s, b) in enumerate(keys))
+    if evidence_bins is not None and labelled.any():
+        new = {str(score): p[labelled] for score, p in scores.items()}
+        append_pending(
+            conn,
+            label_sum_rows(keys, group[labelled], evidence_bins, new, correct[labelled], tolerance_of),
         )
-        append_pending(conn, rows_out)
     if segment_map is not None:
         segment_map.save(conn)
-    _advance(conn, pk, labelled)
-    return AggregationRun(len(rows), deltas)
+    return rows.size, deltas
 
 
-def _advance(conn: Connection, pk: NDArray[np.int64], labelled: NDArray[np.bool_]) -> None:
-    """Mark the folded rows: 1 counted as a prediction, 2 its label counted too."""
-    new_state = np.where(labelled, 2, 1)
-    changed = [(int(s), int(k)) for s, k in zip(new_state, pk, strict=True)]
-    conn.exec_driver_sql(
-        "UPDATE predictions SET agg_state = %s WHERE pk = %s"
-        if conn.dialect.name == "postgresql"
-        else "UPDATE predictions SET agg_state = ? WHERE pk = ?",
-        changed,
-    )
+def _groups(
+    series: NDArray[np.int64], buckets: NDArray[np.float64], names: list[tuple[str, str]]
+) -> tuple[list[tuple[str, str, float]], NDArray[np.int64]]:
+    """Group rows by (model, series segment, bucket): the keys, and each row's group (``series``
+    indexes ``names``)."""
+    times, at = np.unique(buckets, return_inverse=True)
+    unique, inverse = np.unique(series * times.size + at.reshape(-1), return_inverse=True)
+    keys = [(*names[u // times.size], float(times[u % times.size])) for u in unique.tolist()]
+    return keys, inverse.reshape(-1).astype(np.int64)
 
 
 _UPSERT = (
@@ -159,31 +157,44 @@ _UPSERT = (
 )
 
 
-def _upsert(conn: Connection, deltas: Iterable[BucketDelta]) -> None:
-    """Add the deltas' non-empty bins to the stored buckets (driver executemany: ~1M rows/min)."""
-    params: list[tuple[object, ...]] = []
-    for delta in deltas:
-        occupied = np.flatnonzero((delta.moments[Moment.N] != 0) | (delta.moments[Moment.N_L] != 0))
-        if not occupied.size:
-            continue
-        values = delta.moments[:, occupied].T.tolist()
-        head = (delta.model, delta.segment, delta.score, delta.bucket_start)
-        params.extend((*head, int(b), *v) for b, v in zip(occupied.tolist(), values, strict=True))
-    if not params:
+_UPSERT_ARRAYS = (
+    "INSERT INTO sketch_bins (model, segment, score, bucket_start, bin, " + ", ".join(MOMENT_COLUMNS) + ") "  # noqa: S608 (constants only)
+    "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::float8[], %s::int[], "
+    + ", ".join(["%s::float8[]"] * len(MOMENT_COLUMNS))
+    + ") ON CONFLICT (model, segment, score, bucket_start, bin) DO UPDATE SET "
+    + ", ".join(f"{c} = sketch_bins.{c} + excluded.{c}" for c in MOMENT_COLUMNS)
+)
+
+
+def _upsert(
+    conn: Connection, keys: list[tuple[str, str, float]], score: str, moments: NDArray[np.float64]
+) -> None:
+    """Add one score's grouped moments (groups x moments x bins) to the stored buckets, non-empty
+    bins only: one statement over arrays on PostgreSQL (``unnest``: an executemany there sends a
+    statement per row), one driver executemany on SQLite (which runs it in-process)."""
+    group, column = np.nonzero((moments[:, Moment.N] != 0) | (moments[:, Moment.N_L] != 0))
+    if not group.size:
         return
+    if conn.dialect.name == "postgresql":
+        heads = list(zip(*(keys[g] for g in group.tolist()), strict=True))
+        arrays = [list(heads[0]), list(heads[1]), [score] * group.size, list(heads[2]), column.tolist()]
+        arrays += moments[group, :, column].T.tolist()
+        conn.exec_driver_sql(_UPSERT_ARRAYS, tuple(arrays))
+        return
+    values = moments[group, :, column].tolist()
+    params = [
+        (keys[g][0], keys[g][1], score, keys[g][2], b, *v)
+        for g, b, v in zip(group.tolist(), column.tolist(), values, strict=True)
+    ]
     mark = "%s" if conn.dialect.name == "postgresql" else "?"
     conn.exec_driver_sql(_UPSERT.format(marks=", ".join([mark] * (5 + len(MOMENT_COLUMNS)))), params)
-
-
-def _own_segment(model: str, segment: str) -> str:
-    return segment
 
 
 def rebuild(
     conn: Connection,
     bucket_seconds: int,
     fine_bins: int,
-    batch: int = 200_000,
+    batch: int = 1_000_000,
     since: float | None = None,
     cap_of: CapOf | None = None,
     hour_bins: int | None = None,
@@ -192,22 +203,50 @@ def rebuild(
 
     With ``since``, only the buckets starting after the bucket that holds ``since`` are recomputed:
     before the retention cutoff the raw rows are gone, and their buckets are the only record left.
-    Rows before that point keep their state (still-unfolded ones are folded as usual). With
-    ``hour_bins``, the hourly rollup is then recomputed from all the buckets.
+    Rows before that point keep their state (still-unfolded ones are folded as usual). Rows are read
+    in pk ranges of ``batch`` and counted whole whatever their state; one statement per range then
+    marks them folded. With ``hour_bins``, the hourly rollup is recomputed from all the buckets.
     """
-    if since is None:
-        conn.execute(delete(sketch_bins))
-        conn.execute(update(predictions).values(agg_state=0))
-    else:
+    start = None
+    if since is not None:
         start = float(bucket_of(np.array([since]), bucket_seconds)[0]) + bucket_seconds
+    reset_totals(conn, fine_bins, start)
+    if start is None:
+        conn.execute(delete(sketch_bins))
+    else:
         conn.execute(delete(sketch_bins).where(sketch_bins.c.bucket_start >= start))
-        conn.execute(update(predictions).where(predictions.c.ts >= start).values(agg_state=0))
+    lo, hi = conn.execute(select(func.min(predictions.c.pk), func.max(predictions.c.pk))).one()
     total = 0
+    if lo is not None:
+        # the order the segments are met in, once (no pk bound: SQLite reads it from an index)
+        pairs = series_pairs(conn, Batch(None, None, rebuild=True, since=start))
+        with _work_list_rebuilt(conn):
+            for first in range(int(lo), int(hi) + 1, batch):
+                chunk = Batch(first, min(first + batch - 1, int(hi)), rebuild=True, since=start)
+                total += _fold(conn, chunk, bucket_seconds, fine_bins, cap_of, pairs=pairs)[0]
+                mark_folded(conn, chunk)
     while run := aggregate_pending(conn, bucket_seconds, fine_bins, batch, cap_of).rows:
         total += run
     if hour_bins is not None:
         rebuild_hours(conn, hour_bins, fine_bins)
     return total
+
+
+@contextmanager
+def _work_list_rebuilt(conn: Connection) -> Iterator[None]:
+    """On SQLite, drop the fold's partial index while a rebuild marks every row, and build it again
+    after (one scan instead of a B-tree delete per row: a quarter of the marking). The rebuild holds
+    the write lock throughout, so nothing else writes meanwhile. PostgreSQL keeps it: dropping it
+    would lock out ingest for the whole rebuild."""
+    index = next(i for i in predictions.indexes if i.name == "ix_predictions_unaggregated")
+    if conn.dialect.name != "sqlite":
+        yield
+        return
+    index.drop(conn)
+    try:
+        yield
+    finally:
+        index.create(conn)
 
 
 def load_sketches(

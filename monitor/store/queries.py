@@ -1,13 +1,15 @@
-"""Read-side queries for the model endpoints (label-state counts straight from the raw tables)."""
+"""Read-side queries for the model endpoints: counts from the fold's totals, never a scan of the raw
+predictions."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, case, func, select
+from sqlalchemy import Connection, func, select
 
 from monitor.store.schema import calibrators, feedback_conflicts, pending_feedback, predictions, sketch_bins
+from monitor.store.totals import read_totals, unfolded_totals
 
 __all__ = [
     "ModelCounts",
@@ -39,23 +41,6 @@ class ModelCounts:
     segments: list[SegmentCounts] = field(default_factory=list)
 
 
-def _segment_rows(conn: Connection, model: str | None) -> list[Any]:
-    labelled = func.count(predictions.c.correct)
-    query = select(
-        predictions.c.model,
-        predictions.c.segment,
-        func.count(),
-        labelled,
-        func.coalesce(func.sum(case((predictions.c.correct.is_(True), 1), else_=0)), 0),
-        func.coalesce(func.sum(predictions.c.raw_confidence).filter(predictions.c.correct.is_not(None)), 0.0),
-        func.min(predictions.c.ts),
-        func.max(predictions.c.ts),
-    ).group_by(predictions.c.model, predictions.c.segment)
-    if model is not None:
-        query = query.where(predictions.c.model == model)
-    return list(conn.execute(query.order_by(predictions.c.model, predictions.c.segment)))
-
-
 def _counts_by_model(conn: Connection, table: Any, model: str | None) -> dict[str, int]:
     query = select(table.c.model, func.count()).group_by(table.c.model)
     if model is not None:
@@ -64,15 +49,17 @@ def _counts_by_model(conn: Connection, table: Any, model: str | None) -> dict[st
 
 
 def model_counts(conn: Connection, model: str | None = None) -> dict[str, ModelCounts]:
-    """Per model (or one model): prediction, label, pending and conflict counts by segment."""
+    """Per model (or one model): prediction, label, pending and conflict counts by segment: the
+    fold's lifetime totals per series (``store.totals``) and the rows it has not reached yet."""
     result: dict[str, ModelCounts] = {}
-    for m, segment, n, n_l, n_correct, conf_sum, first_ts, last_ts in _segment_rows(conn, model):
-        counts = result.setdefault(m, ModelCounts(model=m))
-        counts.predictions += int(n)
-        counts.labelled += int(n_l)
+    for t in [*read_totals(conn, model), *unfolded_totals(conn, model)]:
+        counts = result.setdefault(t.model, ModelCounts(model=t.model))
+        counts.predictions += int(t.predictions)
+        counts.labelled += int(t.labelled)
         counts.segments.append(
-            SegmentCounts(segment, int(n), int(n_l), int(n_correct), float(conf_sum), first_ts, last_ts)
-        )
+            SegmentCounts(t.segment, int(t.predictions), int(t.labelled), int(t.correct),
+                          float(t.confidence_sum_labelled), t.first_ts, t.last_ts)
+        )  # fmt: skip
     for m, n in _counts_by_model(conn, pending_feedback, model).items():
         result.setdefault(m, ModelCounts(model=m)).pending_feedback = n
     for m, n in _counts_by_model(conn, feedback_conflicts, model).items():

@@ -1,7 +1,9 @@
 """The one segment cap: which segments of a model keep their own series, decided where series are made.
 
 A model's segments get a position in the order the fold first meets them. The first ``cap`` keep
-their own name; any later one is written into the sketch buckets as ``other``. Evaluation, the
+their own name; any later one is written into the sketch buckets as ``other``. Segments beyond the
+cap are registered too, up to ``TRACKED_BEYOND_CAP`` of them (a bound: names are the client's), so
+the model endpoints can say how many segments ``other`` holds without reading raw rows. Evaluation, the
 exported gauges and the binned counters all see the buckets, so they all cap the same way, in every
 period of every window, whatever the segments' volumes: two segments swapping rank cannot move data
 between their series and ``other``.
@@ -17,9 +19,17 @@ from sqlalchemy.dialects import postgresql, sqlite
 from monitor.store.schema import segments
 from monitor.vocabulary import OTHER_SEGMENT
 
-__all__ = ["CapOf", "SegmentMap", "load_positions", "registered_series"]
+__all__ = [
+    "TRACKED_BEYOND_CAP",
+    "CapOf",
+    "SegmentMap",
+    "folded_counts",
+    "load_positions",
+    "registered_series",
+]
 
 CapOf = Callable[[str], int]
+TRACKED_BEYOND_CAP = 1000  # segments registered past a model's cap (counted in ``other``), at most
 
 
 def load_positions(conn: Connection, models: Iterable[str] | None = None) -> dict[str, dict[str, int]]:
@@ -49,7 +59,7 @@ class SegmentMap:
         known = self.positions.setdefault(model, {})
         position = known.get(segment)
         cap = self.cap_of(model)
-        if position is None and len(known) < cap:
+        if position is None and len(known) < cap + TRACKED_BEYOND_CAP:
             position = known[segment] = len(known)
             self.registered.append((model, segment, position))
         return segment if position is not None and position < cap else OTHER_SEGMENT
@@ -63,6 +73,11 @@ class SegmentMap:
                 dialect.insert(segments).on_conflict_do_nothing(index_elements=["model", "segment"]), rows
             )
             self.registered = []
+
+
+def folded_counts(positions: dict[str, dict[str, int]], cap_of: CapOf) -> dict[str, int]:
+    """Per model, the registered segments folded into ``other`` (exact up to ``TRACKED_BEYOND_CAP``)."""
+    return {model: sum(p >= cap_of(model) for p in known.values()) for model, known in positions.items()}
 
 
 def registered_series(positions: dict[str, dict[str, int]], cap_of: CapOf) -> Callable[[str, str], str]:

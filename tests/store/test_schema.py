@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from monitor.cli import main
@@ -51,3 +51,35 @@ def test_a_schema_newer_than_the_release_is_refused_with_a_clear_message(
     assert main(["db", "upgrade", "--database-url", db_url]) == 2
     assert "restore a backup" in capsys.readouterr().err
     assert current_revision(engine) == "0099_future"  # untouched
+
+
+def test_the_totals_migration_counts_the_buckets_already_folded(db_url: str) -> None:
+    """Upgrading a store folded before ``series_totals`` existed: the model endpoints keep counting
+    what its buckets hold (raw score only; the calibrated rows are the same predictions)."""
+    from monitor.store.engine import create_store_engine
+    from monitor.store.schema import series_totals, sketch_bins
+
+    engine = create_store_engine(db_url)
+    try:
+        with engine.begin() as conn:  # PostgreSQL test databases come migrated: start from nothing
+            metadata.drop_all(conn)
+            conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
+        upgrade(engine, "0009")
+        zeros = {m: 0.0 for m in ("s2", "s3", "s4", "syp", "sll")}
+        rows = [
+            {"model": "m", "segment": "a", "score": score, "bucket_start": start, "bin": b,
+             "n": n, "sum_p": 0.5 * n, "n_l": n_l, "s1": 0.4 * n_l, "sy": sy, **zeros}
+            for score in ("raw", "calibrated")
+            for start, b, n, n_l, sy in ((600.0, 3, 4.0, 2.0, 1.0), (900.0, 7, 6.0, 6.0, 5.0))
+        ]  # fmt: skip
+        with engine.begin() as conn:
+            conn.execute(insert(sketch_bins), rows)
+        upgrade(engine)
+        with engine.connect() as conn:
+            (found,) = conn.execute(select(series_totals)).all()
+    finally:
+        engine.dispose()
+    assert found.model == "m" and found.segment == "a"
+    assert (found.predictions, found.labelled, found.correct) == (10.0, 8.0, 6.0)
+    assert found.confidence_sum_labelled == pytest.approx(3.2)
+    assert (found.first_ts, found.last_ts) == (600.0, 900.0)

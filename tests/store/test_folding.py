@@ -1,0 +1,77 @@
+"""The fold's set-based statements: which rows a batch reads, the numbers it reads back, and the one
+statement that marks them folded — on both backends."""
+
+from __future__ import annotations
+
+import numpy as np
+from sqlalchemy import Engine, func, insert, select
+
+from monitor.store.folding import Batch, fetch_columns, mark_folded, series_pairs, use_series
+from monitor.store.schema import predictions
+
+T0 = 1_800_000_000.0
+
+
+def store(engine: Engine, rows: list[tuple[str, float, bool | None, int]]) -> int:
+    """(segment, confidence, correct, agg_state) rows of model m; the first pk."""
+    with engine.begin() as conn:
+        conn.execute(
+            insert(predictions),
+            [
+                {
+                    "model": "m",
+                    "prediction_id": f"i{i}",
+                    "segment": segment,
+                    "ts": T0 + i,
+                    "received_at": 0.0,
+                    "input_kind": "confidence",
+                    "raw_confidence": p,
+                    "calibrated_confidence": p / 2,
+                    "calibrator_version": "x",
+                    "correct": correct,
+                    "agg_state": state,
+                }
+                for i, (segment, p, correct, state) in enumerate(rows)
+            ],
+        )
+        return int(conn.execute(select(func.min(predictions.c.pk))).scalar_one())
+
+
+def states(engine: Engine) -> list[int]:
+    with engine.connect() as conn:
+        return [r[0] for r in conn.execute(select(predictions.c.agg_state).order_by(predictions.c.pk))]
+
+
+def test_a_pending_batch_reads_and_marks_only_rows_needing_work(engine: Engine) -> None:
+    first = store(
+        engine,
+        [("b", 0.9, True, 0), ("a", 0.8, None, 0), ("a", 0.7, True, 2), ("b", 0.6, None, 1),
+         ("a", 0.5, False, 1), ("b", 0.4, None, 0)],
+    )  # fmt: skip
+    postgres = engine.dialect.name == "postgresql"
+    with engine.begin() as conn:
+        batch = Batch.pending([first, first + 1, first + 4], exact=postgres)
+        pairs = series_pairs(conn, batch)
+        assert pairs == [("m", "b"), ("m", "a")]  # in the order the fold meets them
+        use_series(conn, pairs)
+        rows = fetch_columns(conn, batch)
+        assert rows.series.tolist() == [0, 1, 1]
+        assert rows.raw.tolist() == [0.9, 0.8, 0.5] and rows.calibrated.tolist() == [0.45, 0.4, 0.25]
+        assert rows.correct.tolist() == [1.0, -1.0, 0.0]  # -1: no label
+        assert rows.fresh.tolist() == [True, True, False]  # the last: its label only
+        assert np.array_equal(rows.ts, T0 + np.array([0.0, 1.0, 4.0]))
+        assert mark_folded(conn, batch) == 3
+    assert states(engine) == [2, 1, 2, 1, 2, 0]  # the sixth was not in the batch
+
+
+def test_a_rebuild_batch_counts_every_row_whole_and_marks_those_needing_work(engine: Engine) -> None:
+    first = store(
+        engine, [("a", 0.9, True, 2), ("a", 0.8, None, 1), ("a", 0.7, True, 1), ("a", 0.6, None, 0)]
+    )
+    with engine.begin() as conn:
+        batch = Batch(first, first + 3, rebuild=True, since=T0 + 1)
+        use_series(conn, series_pairs(conn, batch))
+        rows = fetch_columns(conn, batch)
+        assert rows.raw.tolist() == [0.8, 0.7, 0.6] and rows.fresh.all()  # from since on, whatever state
+        assert mark_folded(conn, batch) == 2
+    assert states(engine) == [2, 1, 2, 1]
