@@ -157,13 +157,37 @@ _UPSERT = (
 )
 
 
-_UPSERT_ARRAYS = (
-    "INSERT INTO sketch_bins (model, segment, score, bucket_start, bin, " + ", ".join(MOMENT_COLUMNS) + ") "  # noqa: S608 (constants only)
-    "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::float8[], %s::int[], "
-    + ", ".join(["%s::float8[]"] * len(MOMENT_COLUMNS))
-    + ") ON CONFLICT (model, segment, score, bucket_start, bin) DO UPDATE SET "
+_STAGED = "calmon_fold_buckets"
+_COLUMNS = "model, segment, score, bucket_start, bin, " + ", ".join(MOMENT_COLUMNS)
+_TYPES = ["text", "text", "text", "float8", "int4"] + ["float8"] * len(MOMENT_COLUMNS)
+_FROM_STAGED = (
+    f"INSERT INTO sketch_bins ({_COLUMNS}) SELECT {_COLUMNS} FROM {_STAGED} "  # noqa: S608 (constants)
+    "ON CONFLICT (model, segment, score, bucket_start, bin) DO UPDATE SET "
     + ", ".join(f"{c} = sketch_bins.{c} + excluded.{c}" for c in MOMENT_COLUMNS)
 )
+
+
+def _copy_upsert(
+    conn: Connection,
+    keys: list[tuple[str, str, float]],
+    score: str,
+    group: list[int],
+    column: list[int],
+    values: list[list[float]],
+) -> None:
+    """PostgreSQL: binary COPY into a session table, then one ``INSERT ... SELECT ... ON CONFLICT``
+    (an executemany sends a statement per row; arrays through ``unnest`` cost more to dump)."""
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_STAGED} (LIKE sketch_bins) ON COMMIT DELETE ROWS")
+        cursor.execute(f"DELETE FROM {_STAGED}")  # noqa: S608 (a constant table name)
+        with cursor.copy(f"COPY {_STAGED} ({_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(_TYPES)
+            for g, b, v in zip(group, column, values, strict=True):
+                copy.write_row((keys[g][0], keys[g][1], score, keys[g][2], b, *v))
+        cursor.execute(_FROM_STAGED)
+    finally:
+        cursor.close()
 
 
 def _upsert(
@@ -175,13 +199,10 @@ def _upsert(
     group, column = np.nonzero((moments[:, Moment.N] != 0) | (moments[:, Moment.N_L] != 0))
     if not group.size:
         return
-    if conn.dialect.name == "postgresql":
-        heads = list(zip(*(keys[g] for g in group.tolist()), strict=True))
-        arrays = [list(heads[0]), list(heads[1]), [score] * group.size, list(heads[2]), column.tolist()]
-        arrays += moments[group, :, column].T.tolist()
-        conn.exec_driver_sql(_UPSERT_ARRAYS, tuple(arrays))
-        return
     values = moments[group, :, column].tolist()
+    if conn.dialect.name == "postgresql":
+        _copy_upsert(conn, keys, score, group.tolist(), column.tolist(), values)
+        return
     params = [
         (keys[g][0], keys[g][1], score, keys[g][2], b, *v)
         for g, b, v in zip(group.tolist(), column.tolist(), values, strict=True)

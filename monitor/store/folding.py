@@ -116,14 +116,14 @@ def use_series(conn: Connection, pairs: Sequence[tuple[str, str]]) -> None:
         )
 
 
-def fetch_columns(conn: Connection, batch: Batch, labelled_only: bool = False) -> Columns:
+def fetch_columns(conn: Connection, batch: Batch) -> Columns:
     """The batch's numbers, read into one float array (``use_series`` first)."""
     fresh = "1" if batch.rebuild else "CASE WHEN p.agg_state = 0 THEN 1 ELSE 0 END"
     query = text(
         "SELECT s.id, p.ts, p.raw_confidence, p.calibrated_confidence, "
         f"CASE WHEN p.correct IS NULL THEN -1 WHEN p.correct THEN 1 ELSE 0 END, {fresh} "
         f"FROM predictions p JOIN {_SERIES_TABLE} s ON s.model = p.model AND s.segment = p.segment "
-        f"WHERE {batch.where()}{' AND p.correct IS NOT NULL' if labelled_only else ''} ORDER BY p.pk"
+        f"WHERE {batch.where()} ORDER BY p.pk"
     )
     rows = _plain_rows(conn, query.text, batch.params())
     values = np.array(rows, dtype=np.float64).reshape(len(rows), 6)
