@@ -250,7 +250,7 @@ def binned_families(binned: BinnedCounters) -> Iterator[Metric]:
     correct = CounterMetricFamily(
         "calmon_binned_correct", "Correct labelled predictions per bin", labels=bin_labels
     )
-    for (model, segment, score), sums in binned.items():
+    for (model, segment, score), sums in sorted(binned.items(), key=lambda item: item[0]):  # stable order
         for b in range(sums.shape[1]):
             labels = [model, segment, score, str(b)]
             count.add_metric(labels, float(sums[0, b]))

@@ -162,6 +162,7 @@ _COLUMNS = "model, segment, score, bucket_start, bin, " + ", ".join(MOMENT_COLUM
 _TYPES = ["text", "text", "text", "float8", "int4"] + ["float8"] * len(MOMENT_COLUMNS)
 _FROM_STAGED = (
     f"INSERT INTO sketch_bins ({_COLUMNS}) SELECT {_COLUMNS} FROM {_STAGED} "  # noqa: S608 (constants)
+    "ORDER BY model, segment, score, bucket_start, bin "  # one lock order for concurrent folds
     "ON CONFLICT (model, segment, score, bucket_start, bin) DO UPDATE SET "
     + ", ".join(f"{c} = sketch_bins.{c} + excluded.{c}" for c in MOMENT_COLUMNS)
 )

@@ -65,10 +65,10 @@ def add_totals(
     last = np.full(size, -np.inf)
     np.minimum.at(first, series, ts)
     np.maximum.at(last, series, ts)
-    params = [
+    params = sorted(  # one lock order for every fold: two concurrent folds cannot deadlock here
         (*names[i], *sums[i].tolist(), float(first[i]), float(last[i]))
         for i in np.flatnonzero(np.isfinite(first)).tolist()
-    ]
+    )
     if not params:
         return
     postgres = conn.dialect.name == "postgresql"
