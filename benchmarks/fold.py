@@ -35,6 +35,18 @@ from sqlalchemy import Engine, func, select, text  # noqa: E402
 
 from benchmarks.ingest import machine, write_section  # noqa: E402
 from monitor.store.aggregates import aggregate_pending, rebuild  # noqa: E402
+
+try:  # older checkouts (measured with PYTHONPATH) have no tidying step
+    from monitor.store.aggregates import tidy_after_rebuild
+except ImportError:  # pragma: no cover
+
+    def tidy_after_rebuild(engine: Engine) -> None:
+        if engine.dialect.name == "postgresql":
+            with engine.connect() as conn:
+                conn.execute(text("ANALYZE"))
+                conn.commit()
+
+
 from monitor.store.engine import create_store_engine  # noqa: E402
 from monitor.store.migrate import upgrade  # noqa: E402
 from monitor.store.schema import predictions, sketch_bins  # noqa: E402
@@ -46,6 +58,7 @@ T0 = 1_800_000_000.0
 SPAN = 7 * 86400
 CHUNK = 100_000
 SEGMENTS = 5  # per model (--segments)
+VACUUM_EFFECT = False  # --vacuum-effect: also measure the reads before tidying
 COLUMNS = (
     "model, prediction_id, segment, ts, received_at, input_kind, raw_confidence, "
     "calibrated_confidence, calibrator_version, correct, agg_state"
@@ -125,10 +138,8 @@ def run(url: str, rows: int, ticks: int, tick_rows: int) -> dict[str, float]:
     rebuilt = time.perf_counter() - began
     with engine.connect() as conn:
         buckets = conn.execute(select(func.count()).select_from(sketch_bins)).scalar_one()
-    if engine.dialect.name == "postgresql":
-        with engine.connect() as conn:
-            conn.execute(text("ANALYZE"))
-            conn.commit()
+    stale = read_latency(url) if VACUUM_EFFECT else {}
+    tidy_after_rebuild(engine)  # as `calmon rebuild-aggregates` does after committing
     reads = read_latency(url)
     per_tick = []
     for tick in range(ticks):
@@ -147,6 +158,7 @@ def run(url: str, rows: int, ticks: int, tick_rows: int) -> dict[str, float]:
         "buckets": buckets,
         "tick": statistics.median(per_tick),
         **reads,
+        **{f"stale_{k}": v for k, v in stale.items()},
     }
 
 
@@ -183,10 +195,12 @@ def main() -> int:
     parser.add_argument("--label", default="columnar fold")
     parser.add_argument("--skip-postgres", action="store_true")
     parser.add_argument("--segments", type=int, default=5, help="per model (10 models)")
+    parser.add_argument("--vacuum-effect", action="store_true", help="also time the reads before tidying")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    global SEGMENTS
+    global SEGMENTS, VACUUM_EFFECT
     SEGMENTS = args.segments
+    VACUUM_EFFECT = args.vacuum_effect
     lines = [
         "| implementation | backend | rows | series | raw insert (rows/s) | rebuild (s) | rebuild (rows/s) "
         f"| bucket rows | fold of a tick ({args.tick_rows:,} new predictions + {args.tick_rows:,} labels), "
@@ -211,6 +225,10 @@ def main() -> int:
                 f"| {int(r['buckets']):,} "
                 f"| {r['tick'] * 1000:.0f} ms | {r['list'] * 1000:.1f} ms | {r['detail'] * 1000:.1f} ms |"
             )
+            if "stale_list" in r:
+                print(
+                    f"reads before tidying: {r['stale_list'] * 1000:.1f} / {r['stale_detail'] * 1000:.1f} ms"
+                )
             print(lines[-1], flush=True)
     finally:
         if cluster is not None:

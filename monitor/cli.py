@@ -278,18 +278,20 @@ def _db(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
-    from monitor.store.aggregates import rebuild
+    from monitor.store.aggregates import rebuild, tidy_after_rebuild
 
     since = None if args.all else time.time() - settings.retention.raw_days * 86400
-    with _migrated_engine(settings) as engine, engine.begin() as conn:
-        rows = rebuild(
-            conn,
-            settings.evaluation.bucket_seconds,
-            settings.evaluation.fine_bins,
-            since=since,
-            cap_of=settings.max_segments_for,
-            hour_bins=settings.evaluation.ece_bins,
-        )
+    with _migrated_engine(settings) as engine:
+        with engine.begin() as conn:
+            rows = rebuild(
+                conn,
+                settings.evaluation.bucket_seconds,
+                settings.evaluation.fine_bins,
+                since=since,
+                cap_of=settings.max_segments_for,
+                hour_bins=settings.evaluation.ece_bins,
+            )
+        tidy_after_rebuild(engine)
     where = "" if since is None else f" newer than {datetime.fromtimestamp(since, UTC):%Y-%m-%d %H:%M} UTC"
     print(f"rebuilt sketch buckets from {rows} prediction rows{where}")
     return 0
