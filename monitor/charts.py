@@ -188,6 +188,13 @@ def histogram(
         return _svg(fig, chart_id, title)
 
 
+def _time_axis(ax: Any) -> None:
+    """Prediction time on x: 3 to 7 concise UTC date ticks."""
+    locator = mdates.AutoDateLocator(minticks=3, maxticks=7)  # type: ignore[no-untyped-call]
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
+
+
 COVERAGE_STRIP = 0.3  # the label-coverage strip below the ECE axis, as a share of the ECE range
 
 
@@ -224,9 +231,7 @@ def over_time(chart_id: str, points: Sequence[TimePoint], marks: Sequence[EventM
         ax.set_yticks([t for t in MaxNLocator(4).tick_values(0, top) if 0 <= t <= top])
         ax.grid(True, color="#eeeeee")
         ax.legend(loc="upper left", fontsize="small")
-        locator = mdates.AutoDateLocator(minticks=3, maxticks=7)  # type: ignore[no-untyped-call]
-        ax.xaxis.set_major_locator(locator)
-        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
+        _time_axis(ax)
         return _svg(fig, chart_id, title)
 
 
@@ -265,9 +270,7 @@ def accuracy_over_time(
         ax.set(ylabel="accuracy", ylim=(0, 1.02), xlabel="prediction time (UTC)")
         ax.grid(True, color="#eeeeee")
         ax.legend(loc="lower left", fontsize="small")
-        locator = mdates.AutoDateLocator(minticks=3, maxticks=7)  # type: ignore[no-untyped-call]
-        ax.xaxis.set_major_locator(locator)
-        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
+        _time_axis(ax)
         return _svg(fig, chart_id, title)
 
 

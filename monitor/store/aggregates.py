@@ -56,7 +56,7 @@ class BucketDelta:
     segment: str
     score: str
     bucket_start: float
-    moments: NDArray[np.float64]  # (len(MOMENTS), fine_bins)
+    moments: NDArray[np.float64]  # (len(MOMENTS), fine_bins + TAIL_BINS): uniform bins, then the tail
 
 
 def bucket_of(ts: NDArray[np.float64], bucket_seconds: int) -> NDArray[np.float64]:

@@ -28,6 +28,8 @@ import numpy as np
 from numpy.typing import NDArray
 from sqlalchemy import Connection, text
 
+from monitor.store.schema import UNAGGREGATED
+
 __all__ = ["Batch", "Columns", "fetch_columns", "mark_folded", "series_pairs", "use_series"]
 
 _SERIES_TABLE = "calmon_fold_series"
@@ -54,7 +56,7 @@ class Batch:
         return cls(int(pks[0]), int(pks[-1]), [int(k) for k in pks] if exact else None)
 
     def where(self, table: str = "p") -> str:
-        needs = f"({table}.agg_state = 0 OR ({table}.agg_state = 1 AND {table}.correct IS NOT NULL))"
+        needs = f"({UNAGGREGATED})"  # unqualified: no table joined to predictions has these columns
         if self.rebuild:
             clauses = [f"{table}.pk BETWEEN :lo AND :hi"] if self.lo is not None else []
             clauses += [f"{table}.ts >= :since"] if self.since is not None else []
@@ -152,10 +154,9 @@ def _plain_rows(conn: Connection, sql: str, params: dict[str, Any]) -> list[tupl
 def mark_folded(conn: Connection, batch: Batch) -> int:
     """Advance every row of the batch that needed work in one statement (1: counted as a
     prediction, 2: its label counted too); how many rows."""
-    needs = "(agg_state = 0 OR (agg_state = 1 AND correct IS NOT NULL))"
     where = batch.where("predictions")
     if batch.rebuild:
-        where = f"{where} AND {needs}"
+        where = f"{where} AND ({UNAGGREGATED})"
     result = conn.execute(
         text(f"UPDATE predictions SET agg_state = CASE WHEN correct IS NULL THEN 1 ELSE 2 END WHERE {where}"),
         batch.params(),

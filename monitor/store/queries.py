@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, func, select
 
 from monitor.store.schema import calibrators, feedback_conflicts, pending_feedback, predictions, sketch_bins
-from monitor.store.totals import read_totals, unfolded_totals
+from monitor.store.totals import SegmentCounts, read_totals, unfolded_totals
 
 __all__ = [
     "ModelCounts",
@@ -18,17 +18,6 @@ __all__ = [
     "model_counts",
     "series_known",
 ]
-
-
-@dataclass(slots=True)
-class SegmentCounts:
-    segment: str
-    predictions: int
-    labelled: int
-    correct: int
-    raw_confidence_sum_labelled: float
-    first_ts: float | None
-    last_ts: float | None
 
 
 @dataclass(slots=True)
@@ -52,14 +41,11 @@ def model_counts(conn: Connection, model: str | None = None) -> dict[str, ModelC
     """Per model (or one model): prediction, label, pending and conflict counts by segment: the
     fold's lifetime totals per series (``store.totals``) and the rows it has not reached yet."""
     result: dict[str, ModelCounts] = {}
-    for t in [*read_totals(conn, model), *unfolded_totals(conn, model)]:
-        counts = result.setdefault(t.model, ModelCounts(model=t.model))
-        counts.predictions += int(t.predictions)
-        counts.labelled += int(t.labelled)
-        counts.segments.append(
-            SegmentCounts(t.segment, int(t.predictions), int(t.labelled), int(t.correct),
-                          float(t.confidence_sum_labelled), t.first_ts, t.last_ts)
-        )  # fmt: skip
+    for m, segment in [*read_totals(conn, model), *unfolded_totals(conn, model)]:
+        counts = result.setdefault(m, ModelCounts(model=m))
+        counts.predictions += segment.predictions
+        counts.labelled += segment.labelled
+        counts.segments.append(segment)
     for m, n in _counts_by_model(conn, pending_feedback, model).items():
         result.setdefault(m, ModelCounts(model=m)).pending_feedback = n
     for m, n in _counts_by_model(conn, feedback_conflicts, model).items():

@@ -12,7 +12,9 @@ Totals are lifetime: retention removes raw rows and old buckets, not what was co
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -21,19 +23,26 @@ from sqlalchemy import Connection, delete, func, select, text
 from monitor.store.schema import UNAGGREGATED, series_totals, sketch_bins
 from monitor.vocabulary import Score
 
-__all__ = ["SeriesTotals", "add_totals", "read_totals", "reset_totals", "unfolded_totals"]
+__all__ = ["SegmentCounts", "add_totals", "read_totals", "reset_totals", "unfolded_totals"]
 
 
-@dataclass(frozen=True)
-class SeriesTotals:
-    model: str
+@dataclass(slots=True)
+class SegmentCounts:
     segment: str
-    predictions: float
-    labelled: float
-    correct: float
-    confidence_sum_labelled: float  # raw score
+    predictions: int
+    labelled: int
+    correct: int
+    raw_confidence_sum_labelled: float
     first_ts: float | None
     last_ts: float | None
+
+
+def _counts(rows: Iterable[Sequence[Any]]) -> list[tuple[str, SegmentCounts]]:
+    """(model, counts) from rows of model, segment, the four sums, first and last time."""
+    return [
+        (m, SegmentCounts(s, int(n), int(n_l), int(c), float(conf), first, last))
+        for m, s, n, n_l, c, conf, first, last in rows
+    ]
 
 
 _COLUMNS = ("predictions", "labelled", "correct", "confidence_sum_labelled")
@@ -112,14 +121,15 @@ def reset_totals(conn: Connection, fine_bins: int, since: float | None) -> None:
         )
 
 
-def read_totals(conn: Connection, model: str | None = None) -> list[SeriesTotals]:
+def read_totals(conn: Connection, model: str | None = None) -> list[tuple[str, SegmentCounts]]:
+    """The fold's totals, per (model, series segment)."""
     query = select(*series_totals.c).order_by(series_totals.c.model, series_totals.c.segment)
     if model is not None:
         query = query.where(series_totals.c.model == model)
-    return [SeriesTotals(*r) for r in conn.execute(query)]
+    return _counts(conn.execute(query))
 
 
-def unfolded_totals(conn: Connection, model: str | None = None) -> list[SeriesTotals]:
+def unfolded_totals(conn: Connection, model: str | None = None) -> list[tuple[str, SegmentCounts]]:
     """What the fold has not counted yet, per (model, raw segment): predictions in state 0, labels
     of rows in state 0 or 1, read through the fold's partial index (cheap while the fold keeps up).
     SQLite is told to use it: left alone it walks the whole (model, segment, ts) index to group
@@ -137,7 +147,4 @@ def unfolded_totals(conn: Connection, model: str | None = None) -> list[SeriesTo
         f"{' AND model = :model' if model is not None else ''} "
         "GROUP BY model, segment"
     )
-    return [
-        SeriesTotals(m, s, float(n), float(n_l), float(c), float(conf), first, last)
-        for m, s, n, n_l, c, conf, first, last in conn.execute(query, {"model": model} if model else {})
-    ]
+    return _counts(conn.execute(query, {"model": model} if model else {}))
