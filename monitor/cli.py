@@ -1,5 +1,5 @@
 """``calmon`` command line: serve, check-config, db, rebuild-aggregates, recalibrate, calibrators,
-dashboards, alerts, replay.
+dashboards, alerts, import, replay.
 
 Every verb takes ``--config`` (before or after the verb, as daemons do) and, where it opens the
 database, ``--database-url``; each verb is one function chosen with ``set_defaults(func=...)``.
@@ -108,6 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     rules.add_argument("--runbook-base", required=True, help="URL every runbook_url is moved under")
     rules.add_argument("--rules", default="alerts/calmon.rules.yml", help="the shipped rules file")
     rules.add_argument("--out", default="-", help="where to write them ('-': standard output)")
+    _import_options(verb("import", _import, "load a history of predictions and labels into the store"))
     replay = verb(
         "replay",
         _replay,
@@ -148,6 +149,20 @@ def _demo_options(demo: argparse.ArgumentParser) -> None:
     demo.add_argument("--token", help="bearer token for --url (default: $CALMON_TOKEN)")
     demo.add_argument("--port", type=int, help="port of the started daemon (default: a free one)")
     demo.add_argument("--exit", action="store_true", help="stop when the story is told (default: keep going)")
+
+
+def _import_options(imp: argparse.ArgumentParser) -> None:
+    imp.add_argument(
+        "--input", help="predictions: .parquet, .csv or .jsonl, columns named as the API's fields"
+    )
+    imp.add_argument("--labels", help="labels: model, id, correct or label, labelled_at (same formats)")
+    imp.add_argument(
+        "--rejected",
+        default="calmon-import-rejected.jsonl",
+        help="where to write the rejected rows (JSON lines)",
+    )
+    imp.add_argument("--no-progress", action="store_true", help="no progress bar (default: on a terminal)")
+    imp.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
 def _dashboard_options(dash: argparse.ArgumentParser) -> None:
@@ -356,6 +371,49 @@ def _alerts(args: argparse.Namespace, settings: Settings) -> int:
     else:
         Path(args.out).write_text(rendered)
         print(f"wrote {args.out}")
+    return 0
+
+
+def _import(args: argparse.Namespace, settings: Settings) -> int:
+    import orjson
+
+    from monitor.bulk.importer import import_history
+    from monitor.bulk.sources import ImportInputError, Source
+
+    if not args.input and not args.labels:
+        print("calmon: import needs --input (predictions), --labels, or both", file=sys.stderr)
+        return 2
+
+    def progress(source: Source) -> object:
+        from tqdm import tqdm
+
+        rows = source.total_rows is not None
+        return tqdm(
+            total=source.total_rows if rows else source.total_bytes,
+            unit="rows" if rows else "B",
+            unit_scale=True,
+            desc=f"{source.kind} {source.path.name}",
+            disable=True if args.no_progress else None,  # None: only on a terminal
+        )
+
+    with _migrated_engine(settings) as engine:
+        try:
+            summary = import_history(
+                engine,
+                settings,
+                Path(args.input) if args.input else None,
+                Path(args.labels) if args.labels else None,
+                Path(args.rejected),
+                progress,
+            )
+        except ImportInputError as exc:
+            print(f"calmon: import: {exc}", file=sys.stderr)
+            return 2
+    if args.json:
+        print(orjson.dumps(summary.as_dict()).decode())
+    else:
+        for line in summary.lines():
+            print(line)
     return 0
 
 

@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 from monitor.evaluation.snapshot import Snapshot, SnapshotHolder
 from monitor.evaluation.windows import WindowStats
 from monitor.telemetry import BinnedCounters
+from monitor.textformat import render
 from monitor.vocabulary import Score
 
 __all__ = ["Exposition", "SnapshotCollector"]
@@ -281,7 +282,9 @@ class Exposition:
     snapshot part, rendered once per evaluation by the scheduler (``refresh``).
 
     Rendering ~20k snapshot samples with prometheus_client took 115 ms per scrape (p50, measured at
-    360 window series); a scrape now costs the live part and a byte copy. The two parts never share a
+    360 window series); a scrape now costs the live part and a byte copy. The snapshot part is
+    rendered by ``textformat.render`` (the same bytes, memoised name escaping: 1,000 series are 390k
+    samples). The two parts never share a
     metric family, so their concatenation is one valid exposition.
     """
 
@@ -299,7 +302,7 @@ class Exposition:
         self._cached = b""
 
     def refresh(self) -> None:
-        text = generate_latest(self.snapshot_registry)
+        text = render(self.snapshot_registry)
         with self._lock:
             self._cached = text
 

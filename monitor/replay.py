@@ -83,7 +83,7 @@ def _table(path: Path, suffix: str) -> list[dict[str, Any]]:
         try:
             frame = pd.read_parquet(path)
         except ImportError:
-            raise ReplayInputError("reading parquet needs pyarrow: pip install 'calmon[parquet]'") from None
+            raise ReplayInputError("reading parquet needs pyarrow (a dependency of calmon)") from None
     else:
         frame = pd.read_csv(path)
     out: list[dict[str, Any]] = []

@@ -56,7 +56,8 @@ ALLOWED: dict[str, set[str]] = {
         "vocabulary",
     },
     "lease": {"store"},
-    "exporter": {"evaluation", "telemetry", "vocabulary"},
+    "exporter": {"evaluation", "telemetry", "textformat", "vocabulary"},
+    "textformat": set(),
     "notify": {"config", "telemetry"},
     "scheduler": {"config", "evaluation", "lease", "recalibration", "store", "telemetry", "vocabulary"},
     "dashboards": set(),
@@ -64,6 +65,7 @@ ALLOWED: dict[str, set[str]] = {
     "logsetup": set(),
     "alerting": set(),
     "replay": {"app", "collector", "config", "evaluation", "recalibration", "store"},
+    "bulk": {"calibration", "collector", "config", "store"},
     "demo": {"config"},  # talks to the daemon over HTTP only, through the client package
 }
 WIRING = {"app", "cli", "__main__", "__init__"}  # may import anything (only __main__ imports cli)

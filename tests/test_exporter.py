@@ -20,6 +20,7 @@ from monitor.store.aggregates import aggregate_pending
 from monitor.store.ingest import apply_feedback, insert_predictions
 from monitor.store.records import FeedbackItem, PredictionRow
 from monitor.telemetry import ServiceMetrics
+from monitor.textformat import render
 from tests.support.harness import build_daemon
 from tests.support.services import require_binary
 
@@ -114,6 +115,7 @@ def test_golden_exposition(sqlite_url: str) -> None:
     registry = CollectorRegistry()
     registry.register(SnapshotCollector(holder, binned, lambda model, segment: 0.8))  # drift.accuracy_floor
     text = generate_latest(registry).decode()
+    assert render(registry).decode() == text  # the snapshot's renderer writes the library's bytes
     text = "\n".join(_round_values(line) for line in text.splitlines()) + "\n"
     if os.environ.get("CALMON_UPDATE_GOLDEN") == "1":
         GOLDEN.write_text(text)

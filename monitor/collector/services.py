@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 from monitor.calibration.sequence import Aggregation
 from monitor.collector.errors import ApiError, count_rejections
 from monitor.collector.schemas import Rejection
-from monitor.collector.serving import RegistryScorer, Scorer
+from monitor.collector.serving import IDENTITY_VERSION, RegistryScorer, Scorer
 from monitor.collector.validation import (
     BatchError,
     ScoredInput,
@@ -162,6 +162,8 @@ class Services:
     # ---------------------------------------------------------------------------------- ingest
     def score(self, scored: list[ScoredInput]) -> list[PredictionRow]:
         """Each record with its series' calibrated confidence (one scorer call per series)."""
+        if not self.scorer.has_calibrators():  # every series serves its raw score
+            return [PredictionRow(*item[1:], item.raw_confidence, IDENTITY_VERSION) for item in scored]
         groups: dict[tuple[str, str], list[int]] = defaultdict(list)
         for position, item in enumerate(scored):
             groups[(item.model, item.segment)].append(position)

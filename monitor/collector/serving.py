@@ -43,8 +43,15 @@ class Scorer(Protocol):
         """Calibrated confidences (same order) and the calibrator version that produced them."""
         ...
 
+    def has_calibrators(self) -> bool:
+        """Whether any series is served by a calibrator (else every score is served as it came)."""
+        ...
+
 
 class IdentityScorer:
+    def has_calibrators(self) -> bool:
+        return False
+
     def score(
         self, model: str, segment: str, raw: Sequence[float], vectors: Vectors | None = None
     ) -> tuple[list[float], str]:
@@ -65,6 +72,11 @@ class RegistryScorer:
         with self._lock:
             self._table = table
             self.loaded_at = now
+
+    def has_calibrators(self) -> bool:
+        """Whether any series is served by a calibrator (else every score is served as it came)."""
+        with self._lock:
+            return bool(self._table)
 
     def lookup(self, model: str, segment: str) -> tuple[str, Calibrator] | None:
         with self._lock:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from monitor.calibration.sequence import Aggregation, sequence_confidence, validate_token_logprobs
 from monitor.calibration.vectors import softmax_max, top_label, validate_logits, validate_probs
+from monitor.collector.plain import PlainRules, plain_prediction
 from monitor.collector.schemas import CONFIDENCE_FIELDS, CalibrateIn, FeedbackIn, PredictionIn, Rejection
 from monitor.config import LimitsConfig
 from monitor.store.records import FeedbackItem, InputKind
@@ -330,13 +331,30 @@ def prepare_predictions(
     aggregation_for: Callable[[str], Aggregation],
     horizon_days: float | None = None,
 ) -> tuple[list[ScoredInput], list[Rejection]]:
-    valid, rejected = validate_records(items, PREDICTIONS, PredictionIn)
+    rules = PlainRules(now, limits, horizon_days)
     scored: list[ScoredInput] = []
-    for index, record in valid:
+    others: list[int] = []
+    for index, item in enumerate(items):
+        plain = plain_prediction(item, now, rules)
+        if plain is None:
+            others.append(index)
+        else:
+            model, pid, segment, ts, confidence, predicted = plain
+            scored.append(
+                ScoredInput(index, model, pid, segment, ts, "confidence", confidence, predicted, None)
+            )
+    if not others:
+        return scored, []
+    # The others take the full path (pydantic, then the config-dependent checks), indexed as sent.
+    valid, found = validate_records([items[i] for i in others], PREDICTIONS, PredictionIn)
+    rejected = [r.model_copy(update={"index": others[r.index]}) for r in found]
+    for position, record in valid:
+        index = others[position]
         try:
             scored.append(score_prediction(index, record, now, limits, aggregation_for, horizon_days))
         except _FieldError as exc:
             rejected.append(Rejection(index=index, id=record.id, field=exc.field, error=exc.message))
+    scored.sort(key=lambda s: s.position)
     rejected.sort(key=lambda r: r.index)
     return scored, rejected
 

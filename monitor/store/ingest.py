@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from monitor.store.insertion import PG_INSERT, Columns, sqlite_insert
 from monitor.store.records import (
     FeedbackItem,
     FeedbackOutcome,
@@ -81,6 +82,27 @@ def insert_predictions(conn: Connection, rows: Sequence[PredictionRow], now: flo
     missing = [key for key in first if key not in inserted]
     stored = _lookup(conn, missing, ["calibrated_confidence", "calibrator_version"])
 
+    if len(inserted) == len(rows):  # the common batch: every record new, none repeated
+        results = [PredictionResult(r.prediction_id, r.calibrated_confidence, r.calibrator_version, False)
+                   for r in rows]  # fmt: skip
+    else:
+        results = _results(rows, inserted, stored)
+
+    joined = _join_pending(conn, inserted) if _any_pending(conn, {m for m, _ in inserted}) else 0
+    return PredictionOutcome(
+        results=results,
+        accepted=len(inserted),
+        duplicates=len(rows) - len(inserted),
+        labelled_from_pending=joined,
+    )
+
+
+def _results(
+    rows: Sequence[PredictionRow],
+    inserted: set[tuple[str, str]],
+    stored: dict[tuple[str, str], tuple[Any, ...]],
+) -> list[PredictionResult]:
+    """Per record: its own scores if this batch inserted it first, else the stored ones (a duplicate)."""
     results: list[PredictionResult] = []
     seen: set[tuple[str, str]] = set()
     for row in rows:
@@ -94,42 +116,14 @@ def insert_predictions(conn: Connection, rows: Sequence[PredictionRow], now: flo
         else:
             calibrated, version = stored.get(key, (row.calibrated_confidence, row.calibrator_version))
             results.append(PredictionResult(row.prediction_id, calibrated, version, True))
-
-    joined = _join_pending(conn, inserted) if _any_pending(conn, {m for m, _ in inserted}) else 0
-    return PredictionOutcome(
-        results=results,
-        accepted=len(inserted),
-        duplicates=len(rows) - len(inserted),
-        labelled_from_pending=joined,
-    )
-
-
-# Column order: the PredictionRow fields, then received_at.
-_SQLITE_INSERT = (
-    "INSERT INTO predictions (model, prediction_id, segment, ts, input_kind, raw_confidence, predicted, "
-    "vector, calibrated_confidence, calibrator_version, received_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (model, prediction_id) DO NOTHING"
-)
-
-
-# PostgreSQL: one INSERT ... SELECT FROM unnest(arrays) statement per batch. Measured on 1000-row
-# batches: SQLAlchemy insertmanyvalues 72.8 ms, COPY into a temp table 15.9 ms, unnest 17.7 ms.
-# unnest is chosen: near COPY speed, stateless (no temp table; safe behind transaction poolers),
-# and RETURNING tells exactly which keys this transaction inserted when replicas race.
-_PG_INSERT = (
-    "INSERT INTO predictions (model, prediction_id, segment, ts, input_kind, raw_confidence, predicted, "
-    "vector, calibrated_confidence, calibrator_version, received_at) SELECT * FROM unnest("
-    "%s::text[], %s::text[], %s::text[], %s::float8[], %s::text[], %s::float8[], %s::text[], "
-    "%s::bytea[], %s::float8[], %s::text[], %s::float8[]) "
-    "ON CONFLICT (model, prediction_id) DO NOTHING RETURNING model, prediction_id"
-)
+    return results
 
 
 def _insert_new(conn: Connection, rows: Sequence[PredictionRow], now: float) -> set[tuple[str, str]]:
     """Insert rows whose key is new; the keys actually inserted.
 
     SQLite: writers are serialised (BEGIN IMMEDIATE), so the insert is optimistic: a driver-level
-    executemany of tuples (~3x faster than SQLAlchemy's parameter processing), and only when the
+    executemany binding only what varies (``store.insertion``), and only when the
     change count falls short are the pre-existing keys identified — as those whose rowid is not
     above the largest one before the insert. PostgreSQL: replicas race, so ask with RETURNING.
     """
@@ -137,17 +131,13 @@ def _insert_new(conn: Connection, rows: Sequence[PredictionRow], now: float) -> 
         return set()
     keys = {(r.model, r.prediction_id) for r in rows}
     if conn.dialect.name == "sqlite":
-        dbapi = conn.connection.driver_connection
-        assert dbapi is not None
         last_pk = conn.exec_driver_sql("SELECT max(pk) FROM predictions").scalar() or 0
-        before = dbapi.total_changes
-        conn.exec_driver_sql(_SQLITE_INSERT, [(*r, now) for r in rows])
-        if dbapi.total_changes - before == len(rows):
+        if sqlite_insert(conn, Columns(*zip(*rows, strict=True)), now) == len(rows):
             return keys
         found = _lookup(conn, list(keys), ["pk"])
         return {key for key, (pk,) in found.items() if pk > last_pk}
-    columns = tuple(list(column) for column in zip(*((*r, now) for r in rows), strict=True))
-    return {(m, p) for m, p in conn.exec_driver_sql(_PG_INSERT, columns)}
+    arrays = tuple(list(column) for column in zip(*((*r, now) for r in rows), strict=True))
+    return {(m, p) for m, p in conn.exec_driver_sql(PG_INSERT, arrays)}
 
 
 def _lookup(
@@ -180,13 +170,18 @@ def _lookup(
         finally:
             cursor.close()
         return found
-    selected = [predictions.c[name] for name in columns]
+    # SQLite: the driver directly, in the caller's transaction. SQLAlchemy's expanding IN compiled a
+    # bind parameter per key and wrapped every result row: half of a 500k-label import (measured).
+    dbapi = conn.connection.driver_connection
+    assert dbapi is not None
+    wanted = ", ".join(predictions.c[name].name for name in columns)
     for model, ids in _group(keys).items():
         for chunk in _chunks(ids):
-            query = select(predictions.c.prediction_id, *selected).where(
-                predictions.c.model == model, predictions.c.prediction_id.in_(chunk)
-            )
-            for pid, *values in conn.execute(query):
+            marks = ", ".join("?" * len(chunk))
+            # Column names are the schema's, values are bound.
+            sql = f"SELECT prediction_id, {wanted} FROM predictions WHERE model = ? AND prediction_id IN "  # noqa: S608
+            sql += f"({marks})"
+            for pid, *values in dbapi.execute(sql, (model, *chunk)).fetchall():
                 found[(model, pid)] = tuple(values)
     return found
 
@@ -310,8 +305,14 @@ def _apply_labels(conn: Connection, labels: Sequence[tuple[int, bool | None, str
     conn.exec_driver_sql(_LABEL[conn.dialect.name], [(c, lab, t, pk) for pk, c, lab, t in labels])
 
 
-def apply_feedback(conn: Connection, items: Sequence[FeedbackItem], now: float) -> FeedbackOutcome:
-    """Label known predictions, park feedback for unknown ones, classify duplicates and conflicts."""
+def apply_feedback(
+    conn: Connection, items: Sequence[FeedbackItem], now: float, times: Sequence[float] | None = None
+) -> FeedbackOutcome:
+    """Label known predictions, park feedback for unknown ones, classify duplicates and conflicts.
+
+    ``times``: when each label was known (``calmon import`` of a history), else ``now``. Parked
+    feedback is parked at ``now`` whatever its time, so that it lives the configured horizon.
+    """
     keys = list(dict.fromkeys((item.model, item.prediction_id) for item in items))
     # Knowledge per key: ("prediction", predicted, correct, label) or ("pending", None, correct, label)
     state: dict[tuple[str, str], tuple[str, str | None, bool | None, str | None]] = {}
@@ -326,7 +327,8 @@ def apply_feedback(conn: Connection, items: Sequence[FeedbackItem], now: float) 
     label_updates: list[tuple[int, bool | None, str | None, float]] = []
     new_pending: dict[tuple[str, str], FeedbackItem] = {}
     conflicts: list[dict[str, Any]] = []
-    for item in items:
+    for position, item in enumerate(items):
+        at = now if times is None else times[position]
         key = (item.model, item.prediction_id)
         known = state.get(key)
         if known is None:
@@ -338,7 +340,7 @@ def apply_feedback(conn: Connection, items: Sequence[FeedbackItem], now: float) 
         if where == "prediction" and kept_correct is None and kept_label is None:
             correct = derive_correct(item.correct, item.label, predicted_label)
             state[key] = ("prediction", predicted_label, correct, item.label)
-            label_updates.append((pks[key], correct, item.label, now))
+            label_updates.append((pks[key], correct, item.label, at))
             statuses.append("matched")
             continue
         if _same_feedback(where, predicted_label, kept_correct, kept_label, item):
@@ -347,7 +349,7 @@ def apply_feedback(conn: Connection, items: Sequence[FeedbackItem], now: float) 
         statuses.append("conflict")
         conflicts.append(
             _conflict_row(
-                item.model, item.prediction_id, kept_correct, kept_label, item.correct, item.label, now
+                item.model, item.prediction_id, kept_correct, kept_label, item.correct, item.label, at
             )
         )
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from monitor.store.schema import models
 
-__all__ = ["first_seen", "known_models", "register_models"]
+__all__ = ["first_seen", "known_models", "lower_first_seen", "register_models"]
 
 
 def known_models(conn: Connection) -> set[str]:
@@ -30,3 +30,12 @@ def first_seen(conn: Connection, model: str) -> float | None:
     """When the model was first seen (its ``created_at``): cheap, unlike a min over its buckets."""
     found = conn.execute(select(models.c.created_at).where(models.c.model == model)).scalar()
     return None if found is None else float(found)
+
+
+def lower_first_seen(conn: Connection, first_seen: Mapping[str, float]) -> None:
+    """Move a model's first-seen time back to an earlier prediction (an imported history starts
+    before the model was first seen live). In the caller's transaction."""
+    for model, ts in first_seen.items():
+        conn.execute(
+            update(models).where(models.c.model == model, models.c.created_at > ts).values(created_at=ts)
+        )

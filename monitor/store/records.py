@@ -35,16 +35,18 @@ class PredictionRow(NamedTuple):
     calibrator_version: str
 
 
-@dataclass(frozen=True, slots=True)
-class PredictionResult:
+class PredictionResult(NamedTuple):
+    """What the API answers per record (a NamedTuple: one per record on the ingest path)."""
+
     prediction_id: str
     calibrated_confidence: float
     calibrator_version: str
     duplicate: bool
 
 
-@dataclass(frozen=True, slots=True)
-class FeedbackItem:
+class FeedbackItem(NamedTuple):
+    """One validated label (a NamedTuple: an import builds millions of them)."""
+
     model: str
     prediction_id: str
     correct: bool | None
