@@ -2,7 +2,7 @@
 
 One chunk (``sources.CHUNK_ROWS`` rows) is one transaction: checked (``bulk.checks``, the API's
 rules), admitted against ``limits.max_models``, scored by the calibrators serving now (as the API
-would score it), inserted (``store.bulk``), and committed. A row already in the store is a
+would score it), inserted (``store.insertion``), and committed. A row already in the store is a
 duplicate and changes nothing, so an interrupted import is resumed by running it again. Labels go
 through the API's own feedback path (first label wins; a different later one is a recorded
 conflict; a label whose prediction is not in the store is parked), with the time each was known.
@@ -14,7 +14,7 @@ evaluation tick, as it folds a backlog (or ``calmon rebuild-aggregates`` offline
 from __future__ import annotations
 
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,11 +28,11 @@ from sqlalchemy import Engine
 from monitor.bulk.checks import Labels, Predictions, RowRejection, check_labels, check_predictions
 from monitor.bulk.prefetch import prefetched
 from monitor.bulk.sources import CHUNK_ROWS, Kind, Source, open_source
-from monitor.collector.serving import IDENTITY_VERSION, RegistryScorer
+from monitor.collector.serving import RegistryScorer, score_by_series
+from monitor.collector.validation import model_cap_error, over_model_cap
 from monitor.config import Settings
-from monitor.store.bulk import join_parked
 from monitor.store.engine import READ_ONLY
-from monitor.store.ingest import apply_feedback
+from monitor.store.ingest import apply_feedback, join_parked
 from monitor.store.insertion import Columns, insert_columns
 from monitor.store.models import known_models, lower_first_seen, register_models
 from monitor.store.records import FeedbackItem
@@ -124,6 +124,16 @@ class _Rejections:
             self.handle.close()
 
 
+@dataclass(frozen=True)
+class _Run:
+    """What every chunk of an import needs: where it goes, the rules, its clock, its report."""
+
+    engine: Engine
+    settings: Settings
+    now: float
+    report: _Rejections
+
+
 @contextmanager
 def _opened(path: Path, summary: ImportSummary) -> Iterator[_Rejections]:
     report = _Rejections(path, summary)
@@ -153,15 +163,16 @@ def import_history(
     sources = [open_source(p, k, chunk_rows) for p, k in given]
     rejected_path.unlink(missing_ok=True)  # a report left by an earlier run would mislead
     with _opened(rejected_path, summary) as report:
+        run = _Run(engine, settings, now, report)
         for source in sources:
             bar = progress(source) if progress else None
             started = time.perf_counter()
             try:
                 if source.kind == "predictions":
-                    _import_predictions(engine, settings, source, now, summary, report, bar)
+                    _import_predictions(run, source, bar)
                     summary.prediction_seconds = time.perf_counter() - started
                 else:
-                    _import_labels(engine, settings, source, now, summary, report, bar)
+                    _import_labels(run, source, bar)
             finally:
                 if bar is not None:
                     bar.close()
@@ -178,15 +189,8 @@ def _advance(bar: Any, source: Source, rows: int, read_bytes: int) -> None:
         bar.update(read_bytes - bar.n)
 
 
-def _import_predictions(
-    engine: Engine,
-    settings: Settings,
-    source: Source,
-    now: float,
-    summary: ImportSummary,
-    report: _Rejections,
-    bar: Any,
-) -> None:
+def _import_predictions(run: _Run, source: Source, bar: Any) -> None:
+    engine, settings, now, summary, report = run.engine, run.settings, run.now, run.report.summary, run.report
     limits = settings.limits
     scorer = RegistryScorer()
     scorer.refresh(engine, now)
@@ -209,13 +213,15 @@ def _import_predictions(
         rejected.sort(key=lambda r: r.row)
         report.write("predictions", rejected)
         summary.predictions_rejected += len(rejected)
-        calibrated, versions = _score(scorer, checked)
+        vectors = list(zip(checked.input_kind, checked.vector, strict=True))
+        raw = checked.raw.tolist()
+        calibrated, versions = score_by_series(scorer, checked.model, checked.segment, raw, vectors)
         earliest = _earliest(checked)
         with engine.begin() as conn:
             register_models(conn, {m: earliest[m] for m in new})
             lower_first_seen(conn, {m: t for m, t in earliest.items() if m not in new})
             columns = Columns(checked.model, checked.prediction_id, checked.segment, checked.ts.tolist(),
-                              checked.input_kind, checked.raw.tolist(), checked.predicted, checked.vector,
+                              checked.input_kind, raw, checked.predicted, checked.vector,
                               calibrated, versions)  # fmt: skip
             inserted = insert_columns(conn, columns, now)
             summary.labelled_from_pending += join_parked(conn, set(earliest))
@@ -234,7 +240,7 @@ def _admit(
     new = list(dict.fromkeys(m for m in checked.model if m not in known))
     if not new:
         return checked, [], []
-    refused = set(new[max(0, cap - len(known)) :])
+    refused = over_model_cap(new, len(known), cap)
     if not refused:
         return checked, [], new
     keep = np.array([m not in refused for m in checked.model], dtype=bool)
@@ -243,34 +249,11 @@ def _admit(
             int(checked.rows[i]),
             checked.prediction_id[i],
             "model",
-            f"calmon tracks limits.max_models = {cap} models; {checked.model[i]!r} would be one more",
+            model_cap_error(cap, checked.model[i]),
         )
         for i in np.flatnonzero(~keep).tolist()
     ]
     return checked.keep(keep), rejections, [m for m in new if m not in refused]
-
-
-def _score(scorer: RegistryScorer, checked: Predictions) -> tuple[list[float], list[str]]:
-    """Calibrated confidences and versions as the API would serve them now (one call per series)."""
-    raw = checked.raw.tolist()
-    if not scorer.has_calibrators():
-        return raw, [IDENTITY_VERSION] * len(raw)
-    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
-    for i, key in enumerate(zip(checked.model, checked.segment, strict=True)):
-        groups[key].append(i)
-    calibrated = list(raw)
-    versions = [IDENTITY_VERSION] * len(raw)
-    for (model, segment), where in groups.items():
-        values, version = scorer.score(
-            model,
-            segment,
-            [raw[i] for i in where],
-            [(checked.input_kind[i], checked.vector[i]) for i in where],
-        )
-        for i, value in zip(where, values, strict=True):
-            calibrated[i] = value
-            versions[i] = version
-    return calibrated, versions
 
 
 def _earliest(checked: Predictions) -> dict[str, float]:
@@ -286,15 +269,9 @@ def _earliest(checked: Predictions) -> dict[str, float]:
     return earliest
 
 
-def _import_labels(
-    engine: Engine,
-    settings: Settings,
-    source: Source,
-    now: float,
-    summary: ImportSummary,
-    report: _Rejections,
-    bar: Any,
-) -> None:
+def _import_labels(run: _Run, source: Source, bar: Any) -> None:
+    engine, settings, now, summary, report = run.engine, run.settings, run.now, run.report.summary, run.report
+
     def checked_chunks() -> Iterator[tuple[int, int, Labels]]:
         for chunk, read_bytes in source.chunks:
             yield len(chunk), read_bytes, check_labels(chunk, now, settings.limits)

@@ -7,7 +7,7 @@ so a test (or another front end) can drive it without FastAPI.
 from __future__ import annotations
 
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -16,10 +16,12 @@ from sqlalchemy import Engine
 from monitor.calibration.sequence import Aggregation
 from monitor.collector.errors import ApiError, count_rejections
 from monitor.collector.schemas import Rejection
-from monitor.collector.serving import IDENTITY_VERSION, RegistryScorer, Scorer
+from monitor.collector.serving import RegistryScorer, Scorer, score_by_series
 from monitor.collector.validation import (
     BatchError,
     ScoredInput,
+    model_cap_error,
+    over_model_cap,
     parse_body,
     prepare_calibration,
     prepare_feedback,
@@ -162,22 +164,16 @@ class Services:
     # ---------------------------------------------------------------------------------- ingest
     def score(self, scored: list[ScoredInput]) -> list[PredictionRow]:
         """Each record with its series' calibrated confidence (one scorer call per series)."""
-        if not self.scorer.has_calibrators():  # every series serves its raw score
-            return [PredictionRow(*item[1:], item.raw_confidence, IDENTITY_VERSION) for item in scored]
-        groups: dict[tuple[str, str], list[int]] = defaultdict(list)
-        for position, item in enumerate(scored):
-            groups[(item.model, item.segment)].append(position)
-        calibrated: list[float] = [0.0] * len(scored)
-        versions: list[str] = [""] * len(scored)
-        for (model, segment), positions in groups.items():
-            raw = [scored[p].raw_confidence for p in positions]
-            values, version = self.scorer.score(
-                model, segment, raw, [(scored[p].input_kind, scored[p].vector) for p in positions]
-            )
-            for position, value in zip(positions, values, strict=True):
-                calibrated[position] = value
-                versions[position] = version
-        return [PredictionRow(*item[1:], calibrated[i], versions[i]) for i, item in enumerate(scored)]
+        calibrated, versions = score_by_series(
+            self.scorer,
+            [item.model for item in scored],
+            [item.segment for item in scored],
+            [item.raw_confidence for item in scored],
+            [(item.input_kind, item.vector) for item in scored],
+        )
+        return [
+            PredictionRow(*item[1:], c, v) for item, c, v in zip(scored, calibrated, versions, strict=True)
+        ]
 
     def admit_models(self, scored: list[ScoredInput]) -> tuple[list[ScoredInput], list[Rejection], list[str]]:
         """Records whose model is tracked or fits under ``limits.max_models`` (new ones in order of
@@ -193,13 +189,13 @@ class Services:
             self.known = known_models(conn)
         new = [model for model in new if model not in self.known]
         cap = self.settings.limits.max_models
-        refused = set(new[max(0, cap - len(self.known)) :])
+        refused = over_model_cap(new, len(self.known), cap)
         rejections = [
             Rejection(
                 index=item.position,
                 id=item.prediction_id,
                 field="model",
-                error=f"calmon tracks limits.max_models = {cap} models; {item.model!r} would be one more",
+                error=model_cap_error(cap, item.model),
             )
             for item in scored
             if item.model in refused

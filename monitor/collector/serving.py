@@ -9,6 +9,7 @@ promotion or rollback reaches every replica within that delay, and ingest itself
 from __future__ import annotations
 
 import threading
+from collections import defaultdict
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -92,3 +93,29 @@ class RegistryScorer:
         logits = [logits_of(kind, vector) for kind, vector in vectors] if vectors is not None else None
         calibrated = calibrate_rows(calibrator, np.asarray(raw, dtype=np.float64), logits)
         return [float(v) for v in np.clip(calibrated, 0.0, 1.0)], version
+
+
+def score_by_series(
+    scorer: Scorer,
+    models: Sequence[str],
+    segments: Sequence[str],
+    raw: Sequence[float],
+    vectors: Vectors,
+) -> tuple[list[float], list[str]]:
+    """Per record, the calibrated confidence and version its series serves (one scorer call per
+    series); the raw scores as they are when no calibrator is active. The API and the import."""
+    if not scorer.has_calibrators():
+        return list(raw), [IDENTITY_VERSION] * len(raw)
+    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for position, key in enumerate(zip(models, segments, strict=True)):
+        groups[key].append(position)
+    calibrated = list(raw)
+    versions = [IDENTITY_VERSION] * len(raw)
+    for (model, segment), positions in groups.items():
+        values, version = scorer.score(
+            model, segment, [raw[p] for p in positions], [vectors[p] for p in positions]
+        )
+        for position, value in zip(positions, values, strict=True):
+            calibrated[position] = value
+            versions[position] = version
+    return calibrated, versions

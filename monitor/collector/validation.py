@@ -32,6 +32,8 @@ __all__ = [
     "BatchError",
     "Record",
     "ScoredInput",
+    "model_cap_error",
+    "over_model_cap",
     "parse_body",
     "parse_timestamp",
     "prepare_calibration",
@@ -414,3 +416,13 @@ def prepare_calibration(
         prepared.append((index, record, raw, kind, vector))
     rejected.sort(key=lambda r: r.index)
     return prepared, rejected
+
+
+def over_model_cap(new: Sequence[str], known: int, cap: int) -> set[str]:
+    """The new models (in order of appearance) refused by ``limits.max_models`` with ``known``
+    models tracked: the API's rule, and the import's."""
+    return set(new[max(0, cap - known) :])
+
+
+def model_cap_error(cap: int, model: str) -> str:
+    return f"calmon tracks limits.max_models = {cap} models; {model!r} would be one more"

@@ -39,6 +39,7 @@ __all__ = [
     "apply_feedback",
     "derive_correct",
     "insert_predictions",
+    "join_parked",
     "reconcile_pending",
 ]
 
@@ -451,3 +452,16 @@ def reconcile_pending(conn: Connection, limit: int = 10_000) -> int:
     )
     found = [(m, p) for m, p in conn.execute(query)]
     return _join_pending(conn, found) if found else 0
+
+
+def join_parked(conn: Connection, models: set[str], limit: int = 10_000) -> int:
+    """Apply all feedback parked for predictions that have landed (``calmon import``, after a chunk:
+    the API joins inline, by key, what it inserts)."""
+    if not _any_pending(conn, models):
+        return 0
+    joined = 0
+    while True:
+        done = reconcile_pending(conn, limit)
+        joined += done
+        if done < limit:
+            return joined

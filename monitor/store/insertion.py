@@ -14,17 +14,9 @@ from typing import NamedTuple
 
 from sqlalchemy import Connection
 
-__all__ = ["PG_INSERT", "SQLITE_INSERT", "Columns", "insert_columns", "sqlite_insert"]
+__all__ = ["PG_INSERT", "Columns", "insert_columns", "sqlite_insert"]
 
 _KINDS = frozenset({"confidence", "probs", "logits", "token_logprobs"})
-
-# Column order: the PredictionRow fields, then received_at.
-SQLITE_INSERT = (
-    "INSERT INTO predictions (model, prediction_id, segment, ts, input_kind, raw_confidence, predicted, "
-    "vector, calibrated_confidence, calibrator_version, received_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (model, prediction_id) DO NOTHING"
-)
-
 
 # PostgreSQL: one INSERT ... SELECT FROM unnest(arrays) statement per batch. Measured on 1000-row
 # batches: SQLAlchemy insertmanyvalues 72.8 ms, COPY into a temp table 15.9 ms, unnest 17.7 ms.

@@ -307,5 +307,5 @@ def test_every_format_is_read_in_chunks_of_bounded_size(tmp_path: Path, suffix: 
         path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in t.to_pylist()))
     source = open_source(path, "predictions", chunk_rows=100)
     chunks = [chunk for chunk, _ in source.chunks]
-    assert all(len(c) <= 100 + 99 for c in chunks) and sum(len(c) for c in chunks) == 1000
+    assert all(len(c) <= 100 for c in chunks) and sum(len(c) for c in chunks) == 1000
     assert [int(c.rows[0]) for c in chunks][:2] == [1, int(chunks[0].rows[-1]) + 1]
