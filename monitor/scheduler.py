@@ -240,6 +240,7 @@ class Scheduler:
         with self.engine.begin() as conn:
             total += retention.delete_expired_pending(conn, raw_cutoff)
             total += retention.delete_expired_buckets(conn, now - cfg.sketch_days * DAY)
+            total += retention.delete_expired_batches(conn, now - cfg.sketch_days * DAY, raw_cutoff)
         return total
 
 

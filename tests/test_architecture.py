@@ -66,6 +66,7 @@ ALLOWED: dict[str, set[str]] = {
     "alerting": set(),
     "replay": {"app", "collector", "config", "evaluation", "recalibration", "store"},
     "bulk": {"calibration", "collector", "config", "store"},
+    "spark": {"calibration", "config", "vocabulary"},  # runs on executors: never the store or the API
     "demo": {"config"},  # talks to the daemon over HTTP only, through the client package
 }
 WIRING = {"app", "cli", "__main__", "__init__"}  # may import anything (only __main__ imports cli)

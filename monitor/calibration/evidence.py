@@ -34,12 +34,17 @@ from functools import cached_property
 import numpy as np
 from numpy.typing import NDArray
 
+from monitor.calibration import metrics
+
 __all__ = [
     "LAMBDAS",
+    "PAIRED",
     "BetGrid",
     "Detector",
+    "LabelSums",
     "bet_sums",
     "idle_costs",
+    "label_sums",
     "log_increments",
     "paired_log_increments",
 ]
@@ -111,6 +116,66 @@ def bet_sums(
             gain = np.log1p(lam * (sign * diff[:, 0] - tolerance) / (1.0 + tolerance))
             out[:, k, j] = np.bincount(cell, weights=gain, minlength=cells)
     return out
+
+
+PAIRED = "paired"  # the Brier difference calibrated minus raw, one cell per group
+
+
+@dataclass(frozen=True)
+class LabelSums:
+    """The occupied cells of one score: group, bin, and the labels' sums (``g``: (cells, L, 2) bet
+    sums; (cells, 0, 2) for the paired difference, which is bet on from its moments)."""
+
+    score: str
+    group: NDArray[np.int64]
+    bin: NDArray[np.int64]
+    n: FloatArray
+    d: FloatArray
+    q: FloatArray
+    g: FloatArray
+
+
+def label_sums(
+    group: NDArray[np.int64],
+    groups: int,
+    bins: int,
+    scores: dict[str, FloatArray],
+    y: FloatArray,
+    tolerance: FloatArray,
+) -> list[LabelSums]:
+    """What the detectors need of new labels, per group and confidence bin of each score: ``n``,
+    ``Σ(p - y)``, ``Σ(p - y)²`` and the bet sums at the group's ``tolerance``; with two scores (raw,
+    calibrated), also the paired Brier difference per group. Sums merge by addition."""
+    found: list[LabelSums] = []
+    if not group.size:
+        return found
+    size = groups * bins
+    for score, p in scores.items():
+        cell = group * bins + metrics.bin_index(p, bins)
+        diff = p - y
+        n = np.bincount(cell, minlength=size)
+        d = np.bincount(cell, weights=diff, minlength=size)
+        q = np.bincount(cell, weights=diff * diff, minlength=size)
+        g = np.zeros((size, len(LAMBDAS), 2))
+        for tau in np.unique(tolerance).tolist():
+            mine = tolerance[group] == tau
+            g += bet_sums(p[mine], y[mine], cell[mine], size, tau)
+        occupied = np.flatnonzero(n)
+        found.append(
+            LabelSums(score, occupied // bins, occupied % bins, n[occupied].astype(np.float64),
+                      d[occupied].astype(np.float64), q[occupied].astype(np.float64), g[occupied])
+        )  # fmt: skip
+    if len(scores) == 2:
+        raw, calibrated = scores.values()
+        delta = (calibrated - y) ** 2 - (raw - y) ** 2
+        n = np.bincount(group, minlength=groups)
+        d = np.bincount(group, weights=delta, minlength=groups)
+        q = np.bincount(group, weights=delta * delta, minlength=groups)
+        occupied = np.flatnonzero(n)
+        none = np.zeros(occupied.size, dtype=np.int64)
+        n_, d_, q_ = (v[occupied].astype(np.float64) for v in (n, d, q))
+        found.append(LabelSums(PAIRED, occupied, none, n_, d_, q_, np.zeros((occupied.size, 0, 2))))
+    return found
 
 
 def idle_costs(n: FloatArray, tolerance: float) -> FloatArray:

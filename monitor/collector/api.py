@@ -24,6 +24,7 @@ from monitor.collector.routes import ROUTERS
 from monitor.collector.schemas import CalibrateBatch, FeedbackBatch, PredictionBatch
 from monitor.collector.services import Notify, Services
 from monitor.collector.serving import IdentityScorer, Scorer
+from monitor.collector.sketches import SketchBatchIn
 from monitor.config import Settings
 from monitor.evaluation.snapshot import SnapshotHolder
 from monitor.recalibration.service import RecalibrationTrigger
@@ -38,6 +39,7 @@ REQUEST_BODIES: dict[str, type[Any]] = {
     "/v1/predictions": PredictionBatch,
     "/v1/feedback": FeedbackBatch,
     "/v1/calibrate": CalibrateBatch,
+    "/v1/sketches": SketchBatchIn,
 }
 
 

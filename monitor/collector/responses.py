@@ -7,7 +7,7 @@ fields may be added (DESIGN.md), none removed. The schemathesis fuzz checks ever
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,6 +29,8 @@ __all__ = [
     "RecalibrationResponse",
     "ReliabilityResponse",
     "RollbackResponse",
+    "SketchBatchAccepted",
+    "SketchBatchStatus",
     "errors",
 ]
 
@@ -263,6 +265,23 @@ class Ready(_Out):
 # Every /v1 route can answer these: no or unknown token (401), a token without the scope (403),
 # a request deadline passed or the database down (503).
 COMMON = (401, 403, 503)
+
+
+class SketchBatchAccepted(_Out):
+    batch_id: str
+    status: Literal["accepted", "duplicate"]
+    buckets: int
+    evidence: int
+    sample: int
+
+
+class SketchBatchStatus(_Out):
+    batch_id: str
+    digest: str = Field(description="sha256 of the batch as validated")
+    received_at: float
+    folded_at: float | None = Field(description="When the leader added it to the buckets; null: not yet")
+    first_bucket: float
+    last_bucket: float
 
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:

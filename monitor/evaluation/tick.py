@@ -1,6 +1,7 @@
 """The evaluation tick as a pipeline of named steps: fold -> windows -> judge -> publish -> queue.
 
-* **fold**: new predictions and labels into the sketch buckets (``store.aggregates``), the deltas
+* **fold**: new predictions and labels, then sketch batches sent from outside (``POST /v1/sketches``),
+  into the sketch buckets (``store.aggregates``, ``store.sketch_batches``), the deltas
   passed on to the rolling windows and to every observer (the binned counters).
 * **windows**: ``WindowStats`` of every series and window from the rolling sketches, flagged where
   the serving calibrator changed inside the window.
@@ -35,6 +36,7 @@ from monitor.evaluation.rolling import RollingWindows
 from monitor.evaluation.snapshot import Snapshot
 from monitor.evaluation.windows import WindowSpec, WindowStats, evaluate_periods, mark_calibrator_changes
 from monitor.store import calibrators as calibrator_store
+from monitor.store import sketch_batches
 from monitor.store.aggregates import BucketDelta, aggregate_pending
 from monitor.store.coordination import save_snapshot
 from monitor.store.engine import READ_ONLY
@@ -114,7 +116,8 @@ class EvaluationTick:
 
     # ------------------------------------------------------------------------------------ steps
     def fold(self, now: float, batch: int = 50_000) -> int:
-        """Fold every row needing work into the buckets, one bounded transaction per batch."""
+        """Fold every row needing work into the buckets, one bounded transaction per batch, then every
+        sketch batch not folded yet (``store.sketch_batches``); the prediction rows folded."""
         if self.rolling.needs_load(now):
             # Load before folding new rows: the deltas folded next are then exactly what is missing.
             with self.engine.connect().execution_options(**READ_ONLY) as conn:
@@ -140,11 +143,24 @@ class EvaluationTick:
                     hour_bins=cfg.ece_bins,
                 )
             if not run.rows:
-                return total
-            for observe in self.observers:
-                observe(run.deltas)
-            self.rolling.apply(run.deltas)
+                break
+            self._pass_on(run.deltas)
             total += run.rows
+        while True:  # then the sketch batches computed outside calmon, one per transaction
+            with self.engine.begin() as conn:
+                folded = sketch_batches.fold_next(
+                    conn, cfg.fine_bins, self.settings.max_segments_for, cfg.ece_bins, now
+                )
+            if folded is None:
+                return total
+            batch_id, deltas = folded
+            log.info("folded sketch batch", extra={"batch_id": batch_id, "buckets": len(deltas)})
+            self._pass_on(deltas)
+
+    def _pass_on(self, deltas: list[BucketDelta]) -> None:
+        for observe in self.observers:
+            observe(deltas)
+        self.rolling.apply(deltas)
 
     def evaluate_windows(self, now: float) -> tuple[list[WindowStats], list[dict[str, Any]]]:
         """Every window's statistics, and the calibrators serving each series."""

@@ -19,12 +19,14 @@ import numpy as np
 from numpy.typing import NDArray
 from sqlalchemy import Connection, Engine, delete, func, select
 
-from monitor.calibration.sketch import CalibrationSketch, Moment, grouped_moments
+from monitor.calibration.sketch import CalibrationSketch, grouped_moments
+from monitor.store.buckets import BucketDelta, bucket_of, upsert_buckets
 from monitor.store.evidence import append_pending, label_sum_rows
 from monitor.store.folding import Batch, fetch_columns, mark_folded, series_pairs, use_series
 from monitor.store.history import fold_hours, rebuild_hours
 from monitor.store.schema import MOMENT_COLUMNS, needs_fold, predictions, sketch_bins
 from monitor.store.segments import CapOf, SegmentMap
+from monitor.store.sketch_batches import reapply
 from monitor.store.totals import add_totals, reset_totals
 from monitor.vocabulary import Score
 
@@ -46,21 +48,6 @@ SeriesKey = tuple[str, str, str]  # (model, segment, score)
 class AggregationRun:
     rows: int  # prediction rows folded in this run
     deltas: list[BucketDelta]
-
-
-@dataclass(frozen=True)
-class BucketDelta:
-    """Moments added to one bucket by one aggregation run (also fed to in-memory windows)."""
-
-    model: str
-    segment: str
-    score: str
-    bucket_start: float
-    moments: NDArray[np.float64]  # (len(MOMENTS), fine_bins + TAIL_BINS): uniform bins, then the tail
-
-
-def bucket_of(ts: NDArray[np.float64], bucket_seconds: int) -> NDArray[np.float64]:
-    return np.floor(ts / bucket_seconds) * bucket_seconds
 
 
 def aggregate_pending(
@@ -127,7 +114,7 @@ def _fold(
     scores = {Score.RAW: rows.raw, Score.CALIBRATED: rows.calibrated}
     for score, p in scores.items():
         moments = grouped_moments(group, len(keys), fine_bins, p, correct, rows.fresh, labelled)
-        _upsert(conn, keys, str(score), moments)
+        upsert_buckets(conn, keys, str(score), moments)
         deltas.extend(BucketDelta(m, s, score, b, moments[g]) for g, (m, s, b) in enumerate(keys))
     if evidence_bins is not None and labelled.any():
         new = {str(score): p[labelled] for score, p in scores.items()}
@@ -151,68 +138,6 @@ def _groups(
     return keys, inverse.reshape(-1).astype(np.int64)
 
 
-_UPSERT = (
-    "INSERT INTO sketch_bins (model, segment, score, bucket_start, bin, " + ", ".join(MOMENT_COLUMNS) + ") "
-    "VALUES ({marks}) ON CONFLICT (model, segment, score, bucket_start, bin) DO UPDATE SET "
-    + ", ".join(f"{c} = sketch_bins.{c} + excluded.{c}" for c in MOMENT_COLUMNS)
-)
-
-
-_STAGED = "calmon_fold_buckets"
-_COLUMNS = "model, segment, score, bucket_start, bin, " + ", ".join(MOMENT_COLUMNS)
-_TYPES = ["text", "text", "text", "float8", "int4"] + ["float8"] * len(MOMENT_COLUMNS)
-_FROM_STAGED = (
-    f"INSERT INTO sketch_bins ({_COLUMNS}) SELECT {_COLUMNS} FROM {_STAGED} "  # noqa: S608 (constants)
-    "ORDER BY model, segment, score, bucket_start, bin "  # one lock order for concurrent folds
-    "ON CONFLICT (model, segment, score, bucket_start, bin) DO UPDATE SET "
-    + ", ".join(f"{c} = sketch_bins.{c} + excluded.{c}" for c in MOMENT_COLUMNS)
-)
-
-
-def _copy_upsert(
-    conn: Connection,
-    keys: list[tuple[str, str, float]],
-    score: str,
-    group: list[int],
-    column: list[int],
-    values: list[list[float]],
-) -> None:
-    """PostgreSQL: binary COPY into a session table, then one ``INSERT ... SELECT ... ON CONFLICT``
-    (an executemany sends a statement per row; arrays through ``unnest`` cost more to dump)."""
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_STAGED} (LIKE sketch_bins) ON COMMIT DELETE ROWS")
-        cursor.execute(f"DELETE FROM {_STAGED}")  # noqa: S608 (a constant table name)
-        with cursor.copy(f"COPY {_STAGED} ({_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(_TYPES)
-            for g, b, v in zip(group, column, values, strict=True):
-                copy.write_row((keys[g][0], keys[g][1], score, keys[g][2], b, *v))
-        cursor.execute(_FROM_STAGED)
-    finally:
-        cursor.close()
-
-
-def _upsert(
-    conn: Connection, keys: list[tuple[str, str, float]], score: str, moments: NDArray[np.float64]
-) -> None:
-    """Add one score's grouped moments (groups x moments x bins) to the stored buckets, non-empty
-    bins only: one statement over arrays on PostgreSQL (``unnest``: an executemany there sends a
-    statement per row), one driver executemany on SQLite (which runs it in-process)."""
-    group, column = np.nonzero((moments[:, Moment.N] != 0) | (moments[:, Moment.N_L] != 0))
-    if not group.size:
-        return
-    values = moments[group, :, column].tolist()
-    if conn.dialect.name == "postgresql":
-        _copy_upsert(conn, keys, score, group.tolist(), column.tolist(), values)
-        return
-    params = [
-        (keys[g][0], keys[g][1], score, keys[g][2], b, *v)
-        for g, b, v in zip(group.tolist(), column.tolist(), values, strict=True)
-    ]
-    mark = "%s" if conn.dialect.name == "postgresql" else "?"
-    conn.exec_driver_sql(_UPSERT.format(marks=", ".join([mark] * (5 + len(MOMENT_COLUMNS)))), params)
-
-
 def rebuild(
     conn: Connection,
     bucket_seconds: int,
@@ -226,7 +151,8 @@ def rebuild(
 
     With ``since``, only the buckets starting after the bucket that holds ``since`` are recomputed:
     before the retention cutoff the raw rows are gone, and their buckets are the only record left.
-    Rows before that point keep their state (still-unfolded ones are folded as usual). Rows are read
+    Rows before that point keep their state (still-unfolded ones are folded as usual); the stored
+    sketch batches (``store.sketch_batches``) are added again there. Rows are read
     in pk ranges of ``batch`` and counted whole whatever their state; one statement per range then
     marks them folded. With ``hour_bins``, the hourly rollup is recomputed from all the buckets.
     """
@@ -254,6 +180,7 @@ def rebuild(
                 mark_folded(conn, chunk)
     while run := aggregate_pending(conn, bucket_seconds, fine_bins, batch, cap_of).rows:
         total += run
+    reapply(conn, fine_bins, cap_of, start)  # the batches computed outside calmon (no raw rows here)
     if hour_bins is not None:
         rebuild_hours(conn, hour_bins, fine_bins)
     return total

@@ -16,8 +16,7 @@ from numpy.typing import NDArray
 from sqlalchemy import Connection, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from monitor.calibration import metrics
-from monitor.calibration.evidence import LAMBDAS, bet_sums
+from monitor.calibration.evidence import PAIRED, label_sums
 from monitor.store.schema import evidence, evidence_pending
 
 __all__ = [
@@ -32,7 +31,6 @@ __all__ = [
     "save_states",
 ]
 
-PAIRED = "paired"  # the Brier difference calibrated minus raw, one row per bucket
 _NO_BETS = np.zeros((0, 2))
 GroupKey = tuple[str, str, float]  # (model, series segment, bucket_start)
 
@@ -76,35 +74,15 @@ def label_sum_rows(
 ) -> list[PendingRow]:
     """Per group, score and occupied bin, the label sums and bet sums; per group the paired Brier
     difference. ``group``/``y`` and each score's confidences cover only the newly labelled rows."""
-    rows: list[PendingRow] = []
-    if not group.size:
-        return rows
-    size = len(keys) * bins
     tolerance = np.array([tolerance_of(model) for model, _, _ in keys])
-    for score, p in scores.items():
-        cell = group * bins + metrics.bin_index(p, bins)
-        diff = p - y
-        n = np.bincount(cell, minlength=size)
-        d = np.bincount(cell, weights=diff, minlength=size)
-        q = np.bincount(cell, weights=diff * diff, minlength=size)
-        g = np.zeros((size, len(LAMBDAS), 2))
-        for tau in np.unique(tolerance).tolist():
-            mine = tolerance[group] == tau
-            g += bet_sums(p[mine], y[mine], cell[mine], size, tau)
-        for c in np.flatnonzero(n).tolist():
-            model, segment, bucket = keys[c // bins]
-            sums = (float(n[c]), float(d[c]), float(q[c]), float(tolerance[c // bins]))
-            rows.append(PendingRow(model, segment, score, bucket, bins, c % bins, *sums, g[c]))
-    if len(scores) == 2:
-        raw, calibrated = scores.values()
-        delta = (calibrated - y) ** 2 - (raw - y) ** 2
-        n = np.bincount(group, minlength=len(keys))
-        d = np.bincount(group, weights=delta, minlength=len(keys))
-        q = np.bincount(group, weights=delta * delta, minlength=len(keys))
-        for k in np.flatnonzero(n).tolist():
+    rows: list[PendingRow] = []
+    for found in label_sums(group, len(keys), bins, scores, y, tolerance):
+        cells = 1 if found.score == PAIRED else bins
+        for i, k in enumerate(found.group.tolist()):
             model, segment, bucket = keys[k]
-            sums = (float(n[k]), float(d[k]), float(q[k]), float(tolerance[k]))
-            rows.append(PendingRow(model, segment, PAIRED, bucket, 1, 0, *sums, _NO_BETS))
+            sums = (float(found.n[i]), float(found.d[i]), float(found.q[i]), float(tolerance[k]))
+            g = found.g[i] if found.g.shape[1] else _NO_BETS
+            rows.append(PendingRow(model, segment, found.score, bucket, cells, int(found.bin[i]), *sums, g))
     return rows
 
 

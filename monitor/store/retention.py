@@ -1,4 +1,4 @@
-"""Retention: delete raw rows, parked feedback and sketch buckets past their horizon.
+"""Retention: delete raw rows, parked feedback, sketch buckets and sketch batches past their horizon.
 
 Only rows already folded into the buckets are deleted (``schema.needs_fold`` is the one definition
 of "not yet folded"), in bounded batches so a large backlog never holds one long transaction.
@@ -8,9 +8,22 @@ from __future__ import annotations
 
 from sqlalchemy import Connection, delete, select
 
-from monitor.store.schema import needs_fold, pending_feedback, predictions, sketch_bins, sketch_hours
+from monitor.store.schema import (
+    needs_fold,
+    pending_feedback,
+    predictions,
+    sketch_batches,
+    sketch_bins,
+    sketch_hours,
+    training_sample,
+)
 
-__all__ = ["delete_expired_buckets", "delete_expired_pending", "delete_folded_predictions"]
+__all__ = [
+    "delete_expired_batches",
+    "delete_expired_buckets",
+    "delete_expired_pending",
+    "delete_folded_predictions",
+]
 
 
 def delete_folded_predictions(conn: Connection, before: float, limit: int) -> int:
@@ -31,3 +44,12 @@ def delete_expired_buckets(conn: Connection, before: float) -> int:
     """Buckets, and the hours (``store.history``) that start before ``before``."""
     conn.execute(delete(sketch_hours).where(sketch_hours.c.hour_start < before))
     return conn.execute(delete(sketch_bins).where(sketch_bins.c.bucket_start < before)).rowcount
+
+
+def delete_expired_batches(conn: Connection, buckets_before: float, sample_before: float) -> int:
+    """Sketch batches whose every bucket has expired (nothing could re-add them), and training
+    sample rows older than the raw rows' horizon; how many batches."""
+    conn.execute(delete(training_sample).where(training_sample.c.ts < sample_before))
+    t = sketch_batches.c
+    expired = delete(sketch_batches).where(t.last_bucket < buckets_before, t.folded_at.is_not(None))
+    return int(conn.execute(expired).rowcount)

@@ -49,9 +49,11 @@ __all__ = [
     "predictions",
     "segments",
     "series_totals",
+    "sketch_batches",
     "sketch_bins",
     "sketch_hours",
     "snapshots",
+    "training_sample",
 ]
 
 
@@ -320,6 +322,41 @@ evidence = Table(
     Column("alarm_since", Float(precision=53)),
     Column("updated_at", Float(precision=53), nullable=False),
     PrimaryKeyConstraint("model", "segment", "score"),
+)
+
+
+# Sketch batches computed outside calmon (``POST /v1/sketches``: the Spark job, ``monitor.spark``),
+# kept whole: the leader's fold adds each to the buckets once (``folded_at``), and a rebuild, which
+# recomputes the buckets from raw rows, adds them again (no raw row of theirs is here). ``digest``
+# makes a re-sent batch a no-op and a different batch under a used id a conflict. Retention deletes a
+# batch once its last bucket has expired.
+sketch_batches = Table(
+    "sketch_batches",
+    metadata,
+    Column("batch_id", String(128), primary_key=True),
+    Column("digest", String(64), nullable=False),  # sha256 of the canonical validated body
+    Column("received_at", Float(precision=53), nullable=False),
+    Column("folded_at", Float(precision=53)),  # NULL: not in the buckets yet
+    Column("first_bucket", Float(precision=53), nullable=False),
+    Column("last_bucket", Float(precision=53), nullable=False),
+    Column("body", Text, nullable=False),  # JSON: the batch as validated
+    Index(None, "folded_at"),
+)
+
+# Labelled rows a sketch batch brought for recalibration (the raw rows stayed in the lake): a
+# bounded sample, the newest per series, read with the predictions by ``store.training``.
+training_sample = Table(
+    "training_sample",
+    metadata,
+    Column("pk", BigId, primary_key=True, autoincrement=True),
+    Column("batch_id", String(128), nullable=False),
+    Column("model", String(NAME_LENGTH), nullable=False),
+    Column("segment", String(NAME_LENGTH), nullable=False),
+    Column("ts", Float(precision=53), nullable=False),
+    Column("raw_confidence", Float(precision=53), nullable=False),
+    Column("correct", Boolean, nullable=False),
+    Index(None, "model", "segment", "ts"),
+    Index(None, "ts"),
 )
 
 

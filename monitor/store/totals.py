@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -23,7 +23,15 @@ from sqlalchemy import Connection, delete, func, select, text
 from monitor.store.schema import UNAGGREGATED, series_totals, sketch_bins
 from monitor.vocabulary import Score
 
-__all__ = ["SegmentCounts", "add_totals", "read_totals", "reset_totals", "unfolded_totals"]
+__all__ = [
+    "SegmentCounts",
+    "SeriesSums",
+    "add_series_sums",
+    "add_totals",
+    "read_totals",
+    "reset_totals",
+    "unfolded_totals",
+]
 
 
 @dataclass(slots=True)
@@ -46,6 +54,19 @@ def _counts(rows: Iterable[Sequence[Any]]) -> list[tuple[str, SegmentCounts]]:
 
 
 _COLUMNS = ("predictions", "labelled", "correct", "confidence_sum_labelled")
+
+
+class SeriesSums(NamedTuple):
+    """What one fold adds to one (model, series segment)'s totals."""
+
+    model: str
+    segment: str
+    predictions: float
+    labelled: float
+    correct: float
+    confidence_sum_labelled: float
+    first_ts: float
+    last_ts: float
 
 
 def add_totals(
@@ -74,10 +95,18 @@ def add_totals(
     last = np.full(size, -np.inf)
     np.minimum.at(first, series, ts)
     np.maximum.at(last, series, ts)
-    params = sorted(  # one lock order for every fold: two concurrent folds cannot deadlock here
-        (*names[i], *sums[i].tolist(), float(first[i]), float(last[i]))
-        for i in np.flatnonzero(np.isfinite(first)).tolist()
+    add_series_sums(
+        conn,
+        [
+            SeriesSums(*names[i], *map(float, sums[i]), float(first[i]), float(last[i]))  # type: ignore[call-arg]
+            for i in np.flatnonzero(np.isfinite(first)).tolist()
+        ],
     )
+
+
+def add_series_sums(conn: Connection, rows: Iterable[SeriesSums]) -> None:
+    """Add to the totals of each (model, series segment), first and last times widened."""
+    params = sorted(rows)  # one lock order for every fold: two concurrent folds cannot deadlock here
     if not params:
         return
     postgres = conn.dialect.name == "postgresql"

@@ -1,4 +1,8 @@
-"""The labelled rows a recalibration fits and validates on, newest first."""
+"""The labelled rows a recalibration fits and validates on, newest first.
+
+Both the predictions calmon logged and the training sample a sketch batch brought
+(``store.sketch_batches``: its raw rows stayed where the batch was computed) are candidates.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from sqlalchemy import Connection, select
 
-from monitor.store.schema import predictions
+from monitor.store.schema import predictions, training_sample
 from monitor.store.vectors import logits_of
 from monitor.vocabulary import MODEL_WIDE
 
@@ -58,15 +62,30 @@ def labelled_rows(
         query = query.where(predictions.c.segment == segment)
     if since is not None:
         query = query.where(predictions.c.ts >= since)
-    rows = conn.execute(query).all()
-    logits = [logits_of(r.input_kind, r.vector) for r in rows]
+    rows: list[tuple[float, bool, float, np.ndarray | None, int | None]] = []
+    for r in conn.execute(query):
+        z = logits_of(r.input_kind, r.vector)
+        label = _class_index(r.label, z.size) if z is not None else None
+        rows.append((float(r.raw_confidence), bool(r.correct), float(r.ts), z, label))
+    sample = training_sample.c
+    extra = (
+        select(sample.raw_confidence, sample.correct, sample.ts)
+        .where(sample.model == model)
+        .order_by(sample.ts.desc())
+        .limit(limit)
+    )
+    if segment != MODEL_WIDE:
+        extra = extra.where(sample.segment == segment)
+    if since is not None:
+        extra = extra.where(sample.ts >= since)
+    found = conn.execute(extra).all()
+    if found:  # merge the two newest-first lists, keep the newest ``limit``
+        rows.extend((float(p), bool(y), float(ts), None, None) for p, y, ts in found)
+        rows = sorted(rows, key=lambda row: -row[2])[:limit]
     return LabelledRows(
-        p=np.array([r.raw_confidence for r in rows], dtype=np.float64),
-        y=np.array([bool(r.correct) for r in rows], dtype=np.float64),
-        ts=np.array([r.ts for r in rows], dtype=np.float64),
-        logits=logits,
-        labels=[
-            _class_index(r.label, z.size) if z is not None else None
-            for r, z in zip(rows, logits, strict=True)
-        ],
+        p=np.array([r[0] for r in rows], dtype=np.float64),
+        y=np.array([r[1] for r in rows], dtype=np.float64),
+        ts=np.array([r[2] for r in rows], dtype=np.float64),
+        logits=[r[3] for r in rows],
+        labels=[r[4] for r in rows],
     )
