@@ -391,6 +391,9 @@ def accept_sketches(
             model = batch.buckets[index].model
             cap = settings.limits.max_models
             raise BatchError(422, f"buckets[{index}].model", model_cap_error(cap, model))
+        for i, row in enumerate(batch.sample):  # a sample only for models calmon tracks (bounded)
+            if row.model not in known and row.model not in first_seen:
+                raise BatchError(422, f"sample[{i}].model", f"calmon tracks no model {row.model!r}")
         try:
             status = sketch_batches.accept(conn, batch, now)
         except sketch_batches.BatchConflict as exc:

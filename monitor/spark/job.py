@@ -241,7 +241,8 @@ def sketch(predictions: DataFrame, labels: DataFrame, spec: Spec, partitions: in
     """The job's results, lazily (nothing runs until they are read)."""
     valid_predictions, rejected_predictions = clean_predictions(predictions, spec)
     valid_labels, rejected_labels = clean_labels(labels)
-    rows = joined_rows(valid_predictions, valid_labels)
+    # read four times (models, sums, spans, sample): joined once, kept on the executors (disk if need be)
+    rows = joined_rows(valid_predictions, valid_labels).persist()
     models = [r.model for r in rows.select("model").distinct().collect()]
     tolerance = {m: spec.tolerance(m) for m in models}
     bucket = F.floor(F.col("ts") / spec.bucket_seconds) * spec.bucket_seconds

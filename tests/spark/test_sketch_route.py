@@ -358,6 +358,12 @@ def test_batch_level_rules(
     doc["sample"][0]["ts"] = time.time() - 40 * 86400
     refused(doc, "sample[0].ts", "retention")
 
+    doc = copy.deepcopy(base)
+    sample_only = dict(doc, buckets=[], series=[], evidence=[], batch_id="sample-only")
+    sample_only["sample"][0]["model"] = "unknown-model"
+    response = client.post("/v1/sketches", json=sample_only)
+    assert response.status_code == 422 and response.json()["field"] == "sample[0].model", response.text
+
     assert client.post("/v1/sketches", json=base).status_code == 201
 
 
