@@ -43,7 +43,11 @@ DAY = 86_400.0
 # in Python: no control character, at least one visible character.
 _NAME = r"(?U)^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"
 _NAME_LENGTH = 256
+ROW_ORDER = ("model", "segment", "ts", "raw", "calibrated", "correct")  # every value a row adds
 SAMPLE_PER_SERIES = 20_000  # newest labelled rows per series sent for recalibration, by default
+# Rows this close to a retention horizon are refused here: calmon checks the horizon again when the
+# parts arrive, later, and would refuse a whole part for a bucket that expired meanwhile.
+MARGIN = DAY
 
 
 @dataclass(frozen=True)
@@ -70,9 +74,11 @@ class Spec:
             evidence_bins=cfg.ece_bins,
             default_tolerance=settings.drift_for("\x00", MODEL_WIDE).tolerance,
             tolerances={},
-            oldest_bucket=math.floor((now - settings.retention.sketch_days * DAY) / cfg.bucket_seconds)
+            oldest_bucket=math.floor(
+                (now - settings.retention.sketch_days * DAY + MARGIN) / cfg.bucket_seconds
+            )
             * cfg.bucket_seconds,
-            oldest_sample=now - settings.retention.raw_days * DAY,
+            oldest_sample=now - settings.retention.raw_days * DAY + MARGIN,
             newest=now + settings.limits.max_future_skew_seconds,
             sample_per_series=sample_per_series or min(settings.recalibration.max_rows, SAMPLE_PER_SERIES),
             settings=settings,
@@ -162,7 +168,7 @@ def clean_predictions(frame: DataFrame, spec: Spec) -> tuple[DataFrame, DataFram
             (_name_ok(F.col("id")), "id: not a calmon name"),
             (_name_ok(F.col("segment")) & (F.col("segment") != MODEL_WIDE), "segment: not a calmon segment"),
             (F.col("ts").isNotNull() & ~F.isnan("ts"), "ts: missing or not a time"),
-            (F.col("ts") >= spec.oldest_bucket, "ts: older than retention.sketch_days"),
+            (F.col("ts") >= spec.oldest_bucket, "ts: older than retention.sketch_days less a day"),
             (F.col("ts") <= spec.newest, "ts: in the future"),
             (F.col("raw").between(0.0, 1.0), "confidence: not in [0, 1]"),
             (F.col("calibrated").between(0.0, 1.0), "calibrated_confidence: not in [0, 1]"),
@@ -213,7 +219,9 @@ def clean_labels(frame: DataFrame) -> tuple[DataFrame, DataFrame]:
 def joined_rows(predictions: DataFrame, labels: DataFrame) -> DataFrame:
     """One row per (model, id): the first prediction, with its first label's correctness (1.0 or
     0.0; -1.0 without one), derived as calmon derives it (``correct``, else label == predicted)."""
-    first_prediction = Window.partitionBy("model", "id").orderBy("ts", "raw", "segment")
+    first_prediction = Window.partitionBy("model", "id").orderBy(
+        "ts", "raw", "segment", "calibrated", "predicted"
+    )
     kept = (
         predictions.withColumn("_rank", F.row_number().over(first_prediction))
         .where(F.col("_rank") == 1)
@@ -255,8 +263,14 @@ def sketch(predictions: DataFrame, labels: DataFrame, spec: Spec, partitions: in
     bucket_seconds, fine_bins, evidence_bins = spec.bucket_seconds, spec.fine_bins, spec.evidence_bins
 
     def partial(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        # a whole partition at once: each (model, segment, bucket) lives in one partition only
-        frame = pd.concat(list(frames), ignore_index=True)
+        # A whole partition at once: each (model, segment, bucket) lives in one partition only. Rows
+        # arrive in shuffle order, which differs between runs; summed in sorted order, the sums are
+        # the same to the bit, so a re-run makes the same parts (calmon's duplicate check is exact).
+        chunks = list(frames)
+        if not chunks:  # an empty partition (more partitions than buckets)
+            return
+        frame = pd.concat(chunks, ignore_index=True)
+        frame = frame.sort_values(list(ROW_ORDER), kind="stable", ignore_index=True)
         yield sketch_partials(frame, bucket_seconds, fine_bins, evidence_bins, tolerance)
 
     partials = spread.drop("_bucket").mapInPandas(partial, PARTIAL_SCHEMA)
@@ -266,7 +280,7 @@ def sketch(predictions: DataFrame, labels: DataFrame, spec: Spec, partitions: in
         .orderBy("model", "segment", "bucket_start", "kind", "score", "bin")
     )
     series = rows.groupBy("model", "segment").agg(F.min("ts").alias("first_ts"), F.max("ts").alias("last_ts"))
-    newest = Window.partitionBy("model", "segment").orderBy(F.col("ts").desc(), F.col("raw"))
+    newest = Window.partitionBy("model", "segment").orderBy(F.col("ts").desc(), "raw", "correct")
     sample = (
         rows.where((F.col("correct") >= 0) & (F.col("ts") >= spec.oldest_sample))
         .withColumn("_rank", F.row_number().over(newest))
@@ -278,7 +292,7 @@ def sketch(predictions: DataFrame, labels: DataFrame, spec: Spec, partitions: in
             F.col("raw").alias("confidence"),
             (F.col("correct") == 1.0).alias("correct"),
         )
-        .orderBy("model", "segment", "ts", "confidence")
+        .orderBy("model", "segment", "ts", "confidence", "correct")
     )
     return Sketches(sums, series, sample, rejected_predictions.unionByName(rejected_labels))
 

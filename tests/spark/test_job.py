@@ -37,6 +37,7 @@ from monitor.vocabulary import MODEL_WIDE
 from tests.conftest import MakeClient
 from tests.helpers import post_feedback, post_predictions
 from tests.spark.lake import history
+from tests.spark.test_sketch_route import BINS, by_key
 from tests.support.daemon import Daemon
 from tests.support.polling import eventually
 
@@ -355,3 +356,113 @@ def test_recalibration_fits_on_the_sample_the_job_exports(spark: Any, tmp_path: 
         )
     before, after = metrics["serving"]["ece"], metrics["validation"]["ece"]
     assert after < 0.5 * before, metrics
+
+
+def test_labels_compared_with_predicted_and_the_first_label_wins_as_over_http(
+    spark: Any, client: TestClient, engine: Engine, make_settings: Any, tmp_path: Path
+) -> None:
+    """Labels given as ``label`` (compared with ``predicted``) or ``correct`` in one table, later
+    conflicting labels, a repeated prediction: the job reads them as the API does."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    now = time.time()
+    n = 3000
+    rng = np.random.default_rng(5)
+    ids = [f"p{i}" for i in range(n)]
+    ts = np.sort(now - 7200 + rng.uniform(0, 7000, n))
+    predicted = rng.choice(["cat", "dog", "7"], n)
+    confidence = rng.beta(5, 2, n)
+    segment = rng.choice(["a", "b"], n)
+    predictions = pd.DataFrame(
+        {
+            "model": "clf",
+            "id": ids,
+            "segment": segment,
+            "ts": ts,
+            "confidence": confidence,
+            "predicted": predicted,
+        }
+    )
+    repeated = predictions.iloc[:50].assign(ts=lambda f: f["ts"] + 5.0, confidence=0.3)  # later: ignored
+    chosen = np.flatnonzero(rng.random(n) < 0.7)
+    as_correct = rng.random(chosen.size) < 0.3
+    truth = rng.choice(["cat", "dog", "7"], chosen.size)
+    first = [
+        {"model": "clf", "id": ids[i], "correct": bool(rng.random() < 0.6) if c else None,
+         "label": None if c else str(t), "labelled_at": ts[i] + 60.0}
+        for i, c, t in zip(chosen.tolist(), as_correct.tolist(), truth.tolist(), strict=True)
+    ]  # fmt: skip
+    later = [
+        dict(
+            r, correct=None, label="dog" if r["label"] != "dog" else "cat", labelled_at=r["labelled_at"] + 300
+        )
+        for r in first[::6]
+    ]
+    labels = sorted(first + later, key=lambda r: r["labelled_at"])
+
+    for i in range(0, n, 1000):
+        records = [dict(r) for r in predictions.iloc[i : i + 1000].to_dict("records")]
+        assert post_predictions(client, records).status_code == 200
+    assert post_predictions(client, repeated.to_dict("records")).status_code == 200
+    feedback = [
+        {
+            "model": r["model"],
+            "id": r["id"],
+            **({"correct": r["correct"]} if r["correct"] is not None else {"label": r["label"]}),
+        }
+        for r in labels
+    ]
+    for i in range(0, len(feedback), 1000):
+        assert post_feedback(client, feedback[i : i + 1000]).status_code == 200
+
+    lake = pd.concat([predictions, repeated]).assign(model="clf-lake")
+    p, lab = tmp_path / "p.parquet", tmp_path / "l.parquet"
+    lake.to_parquet(p, index=False)
+    pq.write_table(
+        pa.table(
+            {
+                "model": ["clf-lake"] * len(labels),
+                "id": [r["id"] for r in labels],
+                "correct": pa.array([r["correct"] for r in labels], pa.bool_()),
+                "label": pa.array([r["label"] for r in labels], pa.string()),
+                "labelled_at": [r["labelled_at"] for r in labels],
+            }
+        ),
+        lab,
+    )
+    settings = make_settings()
+    spec = Spec.from_settings(settings, now)
+    for document in parts(
+        sketch(spark.read.parquet(str(p)), spark.read.parquet(str(lab)), spec), spec, "labels", Limits()
+    ):
+        assert client.post("/v1/sketches", json=document).status_code == 201
+    EvaluationTick(engine, settings).fold(time.time())
+    http, sketched = by_key(engine, BINS, "clf"), by_key(engine, BINS, "clf-lake")
+    assert http.keys() == sketched.keys() and http
+    for key, value in http.items():
+        np.testing.assert_allclose(sketched[key], value, rtol=1e-12, atol=1e-9, err_msg=str(key))
+
+
+def test_the_parts_do_not_depend_on_row_order_or_partitioning(spark: Any) -> None:
+    """A shuffle delivers a partition's rows in an order that depends on the upstream partitions
+    (spark-submit's 200 shuffle partitions against a session's 4: a resumed upload met a 409 that
+    way); the job sums them in a fixed order, so every run makes the same parts to the bit (calmon's
+    duplicate check is exact). Here the same rows come in three orders and three partitionings."""
+    now = time.time()
+    # dense (~100 rows a bin): with a few rows a bin, float sums hardly depend on order
+    predictions, labels = history(20_000, now, models=("clf",), segments=("a",), hours=1)
+    settings = load_settings(None)
+    spec = Spec.from_settings(settings, now)
+    orders = [predictions, predictions.iloc[::-1], predictions.sample(frac=1.0, random_state=3)]
+    shuffle = spark.conf.get("spark.sql.shuffle.partitions")
+    runs = []
+    try:
+        for rows, partitions in zip(orders, (4, 9, 2), strict=True):
+            spark.conf.set("spark.sql.shuffle.partitions", str(partitions))
+            result = sketch(spark.createDataFrame(rows), spark.createDataFrame(labels), spec, partitions + 1)
+            runs.append([json.dumps(d, sort_keys=True) for d in parts(result, spec, "same", Limits())])
+    finally:
+        spark.conf.set("spark.sql.shuffle.partitions", shuffle)
+    assert len(runs[0]) > 1
+    assert runs[0] == runs[1] == runs[2]
