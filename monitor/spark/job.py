@@ -98,6 +98,11 @@ class Sketches:
     series: DataFrame  # model, segment, first_ts, last_ts
     sample: DataFrame  # model, segment, ts, confidence, correct
     rejected: DataFrame  # table, model, id, reason
+    joined: DataFrame  # the rows they come from, persisted
+
+    def release(self) -> None:
+        """Drop the persisted rows (a session that runs more than one job keeps its memory)."""
+        self.joined.unpersist()
 
 
 def read_table(spark: SparkSession, location: str) -> DataFrame:
@@ -294,7 +299,7 @@ def sketch(predictions: DataFrame, labels: DataFrame, spec: Spec, partitions: in
         )
         .orderBy("model", "segment", "ts", "confidence", "correct")
     )
-    return Sketches(sums, series, sample, rejected_predictions.unionByName(rejected_labels))
+    return Sketches(sums, series, sample, rejected_predictions.unionByName(rejected_labels), rows)
 
 
 def _chunks(frame: DataFrame, size: int = 50_000) -> Iterator[pd.DataFrame]:
@@ -391,6 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if uploader is not None:
             status = uploader.send(document)
             summary[status] += 1
+    result.release()
     print(json.dumps(summary))
     return 0  # the session is left to spark-submit (or to the caller that made it)
 

@@ -104,6 +104,7 @@ def test_on_two_million_rows_the_job_sums_exactly_what_calmon_folds(spark: Any, 
     sums = result.sums.toPandas()
     series = result.series.toPandas()
     rejected = result.rejected.toPandas()
+    result.release()  # two million rows off the shared session
 
     engine = create_store_engine(f"sqlite:///{tmp_path / 'fold.db'}")
     upgrade(engine)
