@@ -20,7 +20,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from monitor.vocabulary import FITTABLE_METHODS
+from monitor.vocabulary import FITTABLE_METHODS, MODEL_WIDE
 
 __all__ = [
     "MASK",
@@ -467,6 +467,11 @@ class Settings(BaseSettings):
         for layer in layers:
             values.update({k: v for k, v in layer.model_dump().items() if v is not None})
         return DriftConfig(**values)
+
+    def tolerance_for(self, model: str) -> float:
+        """The τ a model's labels are bet at: per model (the model-wide series holds every segment);
+        the leader's fold, the sketch route and the Spark job all bet at it."""
+        return self.drift_for(model, MODEL_WIDE).tolerance
 
     def masked(self) -> dict[str, Any]:
         """The effective configuration as plain data, every secret masked."""

@@ -25,7 +25,13 @@ from sqlalchemy import Engine
 from monitor.calibration.evidence import LAMBDAS
 from monitor.calibration.sketch import MOMENTS, TAIL_BINS, Moment, tail_edges, tail_start_bin
 from monitor.collector.schemas import Name, StrictFloat
-from monitor.collector.validation import BatchError, model_cap_error, over_model_cap, safe_text
+from monitor.collector.validation import (
+    BatchError,
+    model_cap_error,
+    over_model_cap,
+    parse_timestamp,
+    safe_text,
+)
 from monitor.config import Settings
 from monitor.store import sketch_batches
 from monitor.store.evidence import PAIRED, PendingRow
@@ -174,14 +180,15 @@ def _check_moments(field: str, moments: np.ndarray, lo: float, hi: float) -> Non
         raise _refuse(names["sll"], f"sll is a sum of log-likelihoods, at most 0, not {sll!r}")
 
 
-def _check_bounds_in_time(field: str, ts: float, now: float, settings: Settings, oldest: float) -> None:
-    if ts < 0:
-        raise _refuse(field, "timestamp is before 1970")
-    if ts > now + settings.limits.max_future_skew_seconds:
-        skew = settings.limits.max_future_skew_seconds
-        raise _refuse(field, f"timestamp is more than {skew:g} s in the future")
-    if ts < oldest:
-        raise _refuse(field, "timestamp is past the retention horizon: retention would delete it at once")
+def _check_time(
+    field: str, ts: float, now: float, settings: Settings, horizon_days: float | None = None
+) -> None:
+    """The API's own time rules (``parse_timestamp``): not before 1970, not beyond the future skew,
+    not past ``horizon_days``."""
+    try:
+        parse_timestamp(ts, now, settings.limits, horizon_days)
+    except ValueError as exc:
+        raise _refuse(field, str(exc)) from None
 
 
 def check_batch(
@@ -213,9 +220,12 @@ def check_batch(
         if b.bucket_start % cfg.bucket_seconds:
             width_s = cfg.bucket_seconds
             raise _refuse(f"{field}.bucket_start", f"must be a multiple of bucket_seconds ({width_s})")
-        _check_bounds_in_time(
-            f"{field}.bucket_start", b.bucket_start, now, settings, sketch_horizon - cfg.bucket_seconds
-        )
+        _check_time(f"{field}.bucket_start", b.bucket_start, now, settings)
+        if b.bucket_start < sketch_horizon - cfg.bucket_seconds:
+            raise _refuse(
+                f"{field}.bucket_start",
+                "bucket older than retention.sketch_days: it would be deleted at once",
+            )
         if len(b.moments) != len(b.bins):
             raise _refuse(f"{field}.moments", f"{len(b.moments)} moment rows for {len(b.bins)} bins")
         if len(set(b.bins)) != len(b.bins):
@@ -274,8 +284,8 @@ def _check_series(
             raise _refuse(field, f"{s.model!r}/{s.segment!r} is listed twice")
         if key not in starts:
             raise _refuse(field, f"no bucket of the batch holds {s.model!r}/{s.segment!r}")
-        _check_bounds_in_time(f"{field}.first_ts", s.first_ts, now, settings, 0.0)
-        _check_bounds_in_time(f"{field}.last_ts", s.last_ts, now, settings, 0.0)
+        _check_time(f"{field}.first_ts", s.first_ts, now, settings)
+        _check_time(f"{field}.last_ts", s.last_ts, now, settings)
         if s.first_ts > s.last_ts:
             raise _refuse(f"{field}.last_ts", "last_ts is before first_ts")
         lo = math.floor(s.first_ts / bucket_seconds) * bucket_seconds
@@ -359,13 +369,12 @@ def _check_evidence(
 
 
 def _check_sample(batch: SketchBatchIn, now: float, settings: Settings) -> list[SampleRow]:
-    horizon = now - settings.retention.raw_days * DAY
     rows: list[SampleRow] = []
     for i, r in enumerate(batch.sample):
         field = f"sample[{i}]"
         if r.segment == MODEL_WIDE:
             raise _refuse(f"{field}.segment", f"{MODEL_WIDE!r} is reserved for the model-wide series")
-        _check_bounds_in_time(f"{field}.ts", r.ts, now, settings, horizon)
+        _check_time(f"{field}.ts", r.ts, now, settings, settings.retention.raw_days)
         if not 0.0 <= r.confidence <= 1.0:
             raise _refuse(f"{field}.confidence", f"confidence must lie in [0, 1], not {r.confidence!r}")
         rows.append(SampleRow(r.model, r.segment, r.ts, r.confidence, r.correct))

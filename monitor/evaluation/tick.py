@@ -94,7 +94,7 @@ class EvaluationTick:
 
     def tolerance_of(self, model: str) -> float:
         """The τ a model's labels are bet at (per model: the model-wide series holds every segment)."""
-        return self.settings.drift_for(model, MODEL_WIDE).tolerance
+        return self.settings.tolerance_for(model)
 
     def invalidate(self) -> None:
         """Start again from the database (leadership changed: another leader may have moved on)."""

@@ -57,13 +57,11 @@ class Spec:
     bucket_seconds: int
     fine_bins: int
     evidence_bins: int
-    default_tolerance: float
-    tolerances: dict[str, float]  # per model, where the configuration sets one
     oldest_bucket: float  # retention.sketch_days back: older buckets would be deleted on arrival
     oldest_sample: float  # retention.raw_days back
     newest: float  # now + limits.max_future_skew_seconds
     sample_per_series: int
-    settings: Settings | None = None
+    settings: Settings  # the tolerance each model's labels are bet at
 
     @classmethod
     def from_settings(cls, settings: Settings, now: float, sample_per_series: int | None = None) -> Spec:
@@ -72,8 +70,6 @@ class Spec:
             bucket_seconds=cfg.bucket_seconds,
             fine_bins=cfg.fine_bins,
             evidence_bins=cfg.ece_bins,
-            default_tolerance=settings.drift_for("\x00", MODEL_WIDE).tolerance,
-            tolerances={},
             oldest_bucket=math.floor(
                 (now - settings.retention.sketch_days * DAY + MARGIN) / cfg.bucket_seconds
             )
@@ -85,9 +81,7 @@ class Spec:
         )
 
     def tolerance(self, model: str) -> float:
-        if self.settings is not None:
-            return self.settings.drift_for(model, MODEL_WIDE).tolerance
-        return self.tolerances.get(model, self.default_tolerance)
+        return self.settings.tolerance_for(model)
 
 
 @dataclass

@@ -11,7 +11,6 @@ import pandas as pd
 from monitor.config import Settings
 from monitor.spark.batches import Limits, Run, documents
 from monitor.spark.partials import KEY_COLUMNS, sketch_partials
-from monitor.vocabulary import MODEL_WIDE
 
 ORDER = ["model", "segment", "bucket_start", "kind", "score", "bin"]
 
@@ -71,7 +70,7 @@ def joined(predictions: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
 
 
 def tolerance_of(settings: Settings, models: Any) -> dict[str, float]:
-    return {m: settings.drift_for(m, MODEL_WIDE).tolerance for m in models}
+    return {m: settings.tolerance_for(m) for m in models}
 
 
 def parts_of(

@@ -161,15 +161,11 @@ def test_resending_is_a_no_op_and_another_batch_under_the_same_id_a_conflict(
     assert n == 400
 
 
-def _valid(settings: Settings) -> dict[str, Any]:
-    predictions, labels = history(300, time.time(), models=("clf",), segments=("a",), hours=1)
-    return parts_of(joined(predictions, labels), settings, sample=20)[0] | {"sample": []}
-
-
-def _with_sample(settings: Settings) -> dict[str, Any]:
+def _valid(settings: Settings, sample: bool = False) -> dict[str, Any]:
+    """One valid part of a small history (with its training sample in it, if asked)."""
     predictions, labels = history(300, time.time(), models=("clf",), segments=("a",), hours=1)
     part = parts_of(joined(predictions, labels), settings, sample=20)
-    return part[0] | {"sample": part[-1]["sample"]}
+    return part[0] | {"sample": part[-1]["sample"] if sample else []}
 
 
 def _bucket(doc: dict[str, Any], score: str = "raw") -> dict[str, Any]:
@@ -290,7 +286,7 @@ def test_batch_level_rules(
     client: TestClient, engine: Engine, make_settings: Callable[..., Settings]
 ) -> None:
     settings = make_settings()
-    base = _with_sample(settings)
+    base = _valid(settings, sample=True)
 
     def refused(doc: dict[str, Any], field: str, text_: str) -> None:
         response = client.post("/v1/sketches", json=doc)
@@ -382,12 +378,6 @@ def test_transport_and_size_refusals(
     )
     too_many = client.post("/v1/sketches", json=doc)
     assert too_many.status_code == 413 and too_many.json()["field"] == "buckets"
-    small = dict(
-        doc,
-        buckets=doc["buckets"][:2],
-        evidence=[e for e in doc["evidence"] if e["bucket_start"] == doc["buckets"][0]["bucket_start"]][:5],
-    )
-    small["series"] = doc["series"]
     capped = make_client(make_settings(limits={"max_models": 1}))
     assert post_predictions(capped, [{"model": "other", "id": "x", "confidence": 0.5}]).status_code == 200
     over = capped.post("/v1/sketches", json=doc)
@@ -418,7 +408,7 @@ def test_the_training_sample_is_fitted_on_and_expires_with_the_raw_rows(
     client: TestClient, engine: Engine, make_settings: Callable[..., Settings]
 ) -> None:
     settings = make_settings()
-    doc = _with_sample(settings)
+    doc = _valid(settings, sample=True)
     assert client.post("/v1/sketches", json=doc).status_code == 201
     folded(engine, settings)
     with engine.connect().execution_options(**READ_ONLY) as conn:

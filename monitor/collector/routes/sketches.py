@@ -14,7 +14,6 @@ from monitor.collector.responses import SketchBatchAccepted, SketchBatchStatus, 
 from monitor.collector.sketches import BATCH_ID_PATTERN, accept_sketches
 from monitor.store import sketch_batches
 from monitor.store.engine import READ_ONLY
-from monitor.vocabulary import MODEL_WIDE
 
 __all__ = ["router"]
 
@@ -36,11 +35,8 @@ BatchId = Annotated[str, Path(min_length=1, max_length=128, pattern=BATCH_ID_PAT
 async def post_sketches(request: Request, ctx: ContextDep) -> Response:
     body = await read_body(request, ctx.settings.limits.max_body_bytes)
 
-    def tolerance_of(model: str) -> float:
-        return ctx.settings.drift_for(model, MODEL_WIDE).tolerance
-
     status, summary = await run_in_threadpool(
-        accept_sketches, body, ctx.engine, ctx.settings, ctx.clock(), tolerance_of
+        accept_sketches, body, ctx.engine, ctx.settings, ctx.clock(), ctx.settings.tolerance_for
     )
     return JSONResponse(summary, status_code=status)
 
