@@ -19,10 +19,14 @@ from pathlib import Path
 
 import yaml
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 
 from monitor import __version__
 from monitor.config import ConfigError, Settings, load_settings
 from monitor.vocabulary import MODEL_WIDE
+
+# PostgreSQL's serialization failure and deadlock: another transaction changed what this one read.
+_CONCURRENT_CHANGE = frozenset({"40001", "40P01"})
 
 __all__ = ["main"]
 
@@ -297,15 +301,26 @@ def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
 
     since = None if args.all else time.time() - settings.retention.raw_days * 86400
     with _migrated_engine(settings) as engine:
-        with engine.begin() as conn:
-            rows = rebuild(
-                conn,
-                settings.evaluation.bucket_seconds,
-                settings.evaluation.fine_bins,
-                since=since,
-                cap_of=settings.max_segments_for,
-                hour_bins=settings.evaluation.ece_bins,
+        try:
+            with engine.begin() as conn:
+                rows = rebuild(
+                    conn,
+                    settings.evaluation.bucket_seconds,
+                    settings.evaluation.fine_bins,
+                    since=since,
+                    cap_of=settings.max_segments_for,
+                    hour_bins=settings.evaluation.ece_bins,
+                )
+        except OperationalError as exc:
+            if getattr(exc.orig, "sqlstate", None) not in _CONCURRENT_CHANGE:
+                raise
+            print(
+                "calmon: rows or labels the rebuild had to mark changed while the rebuild ran "
+                f"({str(exc.orig).strip().splitlines()[0]}); nothing was changed: run it again, or stop "
+                "the daemons' ingest while it runs",
+                file=sys.stderr,
             )
+            return 1
         tidy_after_rebuild(engine)
     where = "" if since is None else f" newer than {datetime.fromtimestamp(since, UTC):%Y-%m-%d %H:%M} UTC"
     print(f"rebuilt sketch buckets from {rows} prediction rows{where}")

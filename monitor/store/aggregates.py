@@ -147,7 +147,8 @@ def rebuild(
     cap_of: CapOf | None = None,
     hour_bins: int | None = None,
 ) -> int:
-    """Recompute buckets from raw rows (``calmon rebuild-aggregates``); rows folded.
+    """Recompute buckets from raw rows (``calmon rebuild-aggregates``); rows folded. On PostgreSQL
+    it must be the first statement of ``conn``'s transaction (it sets the isolation level).
 
     With ``since``, only the buckets starting after the bucket that holds ``since`` are recomputed:
     before the retention cutoff the raw rows are gone, and their buckets are the only record left.
@@ -157,6 +158,14 @@ def rebuild(
     marks them folded. With ``hour_bins``, the hourly rollup is recomputed from all the buckets.
     """
     if conn.dialect.name == "postgresql":
+        # One snapshot for the whole rebuild, so that the rows it marks are the rows it counted. Under
+        # READ COMMITTED each statement also sees what committed since the last one: a row (its pk
+        # taken before the range's bound, committed late) or a label committed between reading a
+        # range and marking it was marked folded without being counted. Now such a row is invisible
+        # to the marking and the next fold counts it; a row the rebuild must mark that changed
+        # meanwhile fails the rebuild whole (SQLSTATE 40001): nothing changes, run it again. On
+        # SQLite the rebuild holds the write lock, so nothing commits meanwhile.
+        conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         # An explicit, offline recomputation whose statements grow with the table: marking a 1M-row
         # range took longer than the API's 30 s statement timeout at 10M rows and 1,000 series.
         conn.exec_driver_sql("SET LOCAL statement_timeout = 0")

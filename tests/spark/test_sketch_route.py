@@ -183,6 +183,13 @@ def _moment(doc: dict[str, Any], name: str, value: Callable[[float], float]) -> 
     return f"buckets[{i}].moments[1][{k}]"
 
 
+def _bins(doc: dict[str, Any], change: Callable[[list[int]], None], suffix: str) -> str:
+    """Change the bins of a bucket that has several (the history's edge buckets may hold one row)."""
+    bucket = _bucket(doc)
+    change(bucket["bins"])
+    return f"buckets[{doc['buckets'].index(bucket)}].bins{suffix}"
+
+
 def _set(path: str, value: Any) -> Callable[[dict[str, Any]], str]:
     def change(doc: dict[str, Any]) -> str:
         keys = path.split(".")
@@ -238,16 +245,8 @@ REFUSALS: list[tuple[str, Callable[[dict[str, Any]], str], str]] = [
         lambda d: (d["buckets"][0]["moments"].pop(), "buckets[0].moments")[1],
         "buckets[0].moments",
     ),
-    (
-        "repeated bin",
-        lambda d: (d["buckets"][0]["bins"].__setitem__(1, d["buckets"][0]["bins"][0]), "buckets[0].bins")[1],
-        "buckets[0].bins",
-    ),
-    (
-        "bin beyond",
-        lambda d: (d["buckets"][0]["bins"].__setitem__(0, 5000), "buckets[0].bins[0]")[1],
-        "buckets[0].bins[0]",
-    ),
+    ("repeated bin", lambda d: _bins(d, lambda bins: bins.__setitem__(1, bins[0]), ""), ""),
+    ("bin beyond", lambda d: _bins(d, lambda bins: bins.__setitem__(0, 5000), "[0]"), ""),
     ("fractional count", lambda d: _moment(d, "n", lambda v: v + 0.5), ""),
     ("sum of confidences beyond the bin", lambda d: _moment(d, "sum_p", lambda v: v + 0.5), ""),
     ("squares beyond the bin", lambda d: _moment(d, "s2", lambda v: v * 2 + 1), ""),

@@ -172,6 +172,7 @@ def test_rebuild_keeps_the_history_whose_raw_rows_retention_removed(engine: Engi
     before = snapshot(engine)
     with engine.begin() as conn:  # retention removes the raw rows before 3000
         conn.execute(delete(predictions).where(predictions.c.ts < 3000.0))
+    with engine.begin() as conn:
         assert rebuild(conn, BUCKET, FINE, since=3000.0) == 2
     assert same(before, snapshot(engine))  # old buckets kept, recent ones recomputed identically
     old = {key for key in before if key[3] < 3000.0}

@@ -1,0 +1,159 @@
+"""A rebuild on PostgreSQL runs next to live ingest: rows and labels that other transactions commit
+while it works are counted once, by it or by the next fold, never marked folded without being
+counted. On SQLite the rebuild holds the write lock, so nothing commits meanwhile."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from psycopg.errors import SerializationFailure
+from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy.exc import OperationalError
+
+from monitor.cli import main
+from monitor.store import aggregates
+from monitor.store.aggregates import aggregate_pending, rebuild
+from monitor.store.engine import create_store_engine
+from monitor.store.folding import Batch, Columns
+from monitor.store.ingest import apply_feedback, insert_predictions
+from monitor.store.migrate import upgrade
+from monitor.store.records import FeedbackItem, PredictionRow
+from monitor.store.schema import predictions
+from tests.store.test_aggregates import BUCKET, FINE, direct, snapshot
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def pg_engine(pg_url: str) -> Iterator[Engine]:
+    engine = create_store_engine(pg_url)
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+def rows(*ids: int) -> list[PredictionRow]:
+    return [
+        PredictionRow("m", f"p{i}", "s", 1000.0 + 100.0 * i, "confidence", 0.6, None, None, 0.7, "1") for i in ids
+    ]
+
+
+def drain(engine: Engine) -> None:
+    """The leader's next ticks."""
+    with engine.begin() as conn:
+        while aggregate_pending(conn, BUCKET, FINE).rows:
+            pass
+
+
+def equals_the_raw_rows(engine: Engine) -> None:
+    stored = snapshot(engine)
+    expected = {
+        (model, segment, score, bucket, b): sketch.moments[:, b]
+        for (model, segment, score, bucket), sketch in direct(engine).items()
+        for b in range(sketch.moments.shape[1])
+        if sketch.moments[0, b] or sketch.moments[1, b]
+    }
+    assert stored.keys() == expected.keys()
+    for key, moments in expected.items():
+        np.testing.assert_allclose(stored[key], moments, rtol=1e-12, atol=1e-12, err_msg=str(key))
+
+
+def while_rebuilding(monkeypatch: pytest.MonkeyPatch, action: object) -> None:
+    """Run ``action`` once, after the rebuild has read its first range of rows and before it marks
+    them: the moment another transaction's commit can fall between the two."""
+    real = aggregates.fetch_columns
+    pending = [action]
+
+    def fetch_then_commit_elsewhere(conn: Connection, batch: Batch) -> Columns:
+        columns = real(conn, batch)
+        if pending:
+            pending.pop()()  # type: ignore[operator]
+        return columns
+
+    monkeypatch.setattr(aggregates, "fetch_columns", fetch_then_commit_elsewhere)
+
+
+def test_rows_and_labels_committed_during_a_rebuild_are_counted_once(
+    pg_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = pg_engine
+    with engine.begin() as conn:
+        insert_predictions(conn, rows(0, 1, 2), now=5000.0)
+    drain(engine)  # p0..p2 folded as predictions, no labels yet
+    # An ingest transaction takes its pk and has not committed when a later one commits: the
+    # rebuild's pk range then covers a row it cannot see yet.
+    late = engine.connect()
+    late_tx = late.begin()
+    insert_predictions(late, rows(10), now=5000.0)
+    with engine.begin() as conn:
+        insert_predictions(conn, rows(11), now=5000.0)
+
+    def commit_elsewhere() -> None:
+        late_tx.commit()  # p10 becomes visible
+        with engine.begin() as conn:  # and p1's label arrives
+            apply_feedback(conn, [FeedbackItem("m", "p1", True, None)], now=6000.0)
+
+    while_rebuilding(monkeypatch, commit_elsewhere)
+    with engine.begin() as conn:
+        assert rebuild(conn, BUCKET, FINE) == 4  # p0, p1, p2, p11: the rows it could see
+    monkeypatch.undo()
+    late.close()
+    drain(engine)  # p10 and p1's label, which the rebuild left to the fold
+    with engine.connect() as conn:
+        states = dict(conn.execute(select(predictions.c.prediction_id, predictions.c.agg_state)).all())
+    assert states == {"p0": 1, "p1": 2, "p2": 1, "p10": 1, "p11": 1}
+    equals_the_raw_rows(engine)
+
+
+def test_a_label_for_a_row_the_rebuild_must_mark_fails_it_whole(
+    pg_engine: Engine, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The rebuild reads p3 unlabelled and unfolded, then the label commits: marking p3 would claim
+    a label it did not count, so the rebuild fails, changes nothing, and says to run it again."""
+    engine = pg_engine
+    with engine.begin() as conn:
+        insert_predictions(conn, rows(0, 1, 2), now=5000.0)
+    drain(engine)
+    with engine.begin() as conn:
+        insert_predictions(conn, rows(3), now=5000.0)  # not folded yet
+    before = snapshot(engine)
+
+    def label_elsewhere() -> None:
+        with engine.begin() as conn:
+            apply_feedback(conn, [FeedbackItem("m", "p3", False, None)], now=6000.0)
+
+    while_rebuilding(monkeypatch, label_elsewhere)
+    with pytest.raises(OperationalError) as failed, engine.begin() as conn:
+        rebuild(conn, BUCKET, FINE)
+    assert isinstance(failed.value.orig, SerializationFailure)
+    assert same_snapshot(snapshot(engine), before)
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).where(predictions.c.agg_state == 0)).scalar() == 1
+
+    # the command says what happened and what to do
+    monkeypatch.undo()
+    url = engine.url.render_as_string(hide_password=False)
+    with engine.begin() as conn:  # another row to mark, and its label arrives mid-rebuild
+        insert_predictions(conn, rows(4), now=5000.0)
+
+    def label_p4() -> None:
+        with engine.begin() as conn:
+            apply_feedback(conn, [FeedbackItem("m", "p4", True, None)], now=6000.0)
+
+    while_rebuilding(monkeypatch, label_p4)
+    assert main(["rebuild-aggregates", "--all", "--database-url", url]) == 1
+    err = capsys.readouterr().err
+    assert "changed while the rebuild ran" in err and "run it again" in err
+    monkeypatch.undo()
+
+    # run again: everything counted once
+    with engine.begin() as conn:
+        rebuild(conn, BUCKET, FINE)
+    drain(engine)
+    equals_the_raw_rows(engine)
+
+
+def same_snapshot(a: dict[tuple[object, ...], np.ndarray], b: dict[tuple[object, ...], np.ndarray]) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
