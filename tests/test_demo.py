@@ -12,7 +12,7 @@ from monitor.calibration.metrics import expected_calibration_error
 from monitor.config import Settings, parse_duration
 from monitor.demo.daemon import demo_config, duration_name
 from monitor.demo.traffic import DRIFTING, SERIES, Traffic
-from monitor.demo.watch import metric_lines
+from monitor.demo.watch import metric_lines, recovered
 
 QA = next(s for s in SERIES if (s.model, s.segment) == DRIFTING)
 ROUTER = next(s for s in SERIES if s.kind == "classifier")
@@ -92,3 +92,20 @@ def test_metric_lines_pick_the_drifting_series() -> None:
         ece + 'segment="returns",window="90s"} 0.14',
         alarm,
     ]
+
+
+@pytest.mark.parametrize(
+    ("calibrated", "raw", "back"),
+    [
+        (0.0494, 0.12, True),
+        (0.04996, 0.12, False),  # printed as 0.050: not "back under 0.05" (a flake of the demo test)
+        (0.03, 0.04996, True),  # the raw score prints as 0.050: still missing
+        (0.03, 0.0494, False),  # raw fine too: nothing was recovered by the calibrator
+        (None, 0.12, False),
+        (0.03, None, False),
+    ],
+)
+def test_recovery_is_judged_on_the_printed_figures(
+    calibrated: float | None, raw: float | None, back: bool
+) -> None:
+    assert recovered(calibrated, raw) is back

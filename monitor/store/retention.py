@@ -27,12 +27,16 @@ __all__ = [
 
 
 def delete_folded_predictions(conn: Connection, before: float, limit: int) -> int:
-    """Delete up to ``limit`` folded predictions made before ``before``; how many."""
+    """Delete up to ``limit`` folded predictions made before ``before``; how many.
+
+    The delete checks again that each row is folded: on PostgreSQL a label committed after the
+    rows were chosen makes its row one the fold has yet to count (the label was answered as
+    applied), and the row stays for the fold; the next run deletes it."""
     expired = select(predictions.c.pk).where(predictions.c.ts < before, ~needs_fold()).limit(limit)
     pks = [pk for (pk,) in conn.execute(expired)]
-    if pks:
-        conn.execute(delete(predictions).where(predictions.c.pk.in_(pks)))
-    return len(pks)
+    if not pks:
+        return 0
+    return int(conn.execute(delete(predictions).where(predictions.c.pk.in_(pks), ~needs_fold())).rowcount)
 
 
 def delete_expired_pending(conn: Connection, before: float) -> int:

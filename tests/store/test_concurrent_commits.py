@@ -1,15 +1,17 @@
-"""A rebuild on PostgreSQL runs next to live ingest: rows and labels that other transactions commit
-while it works are counted once, by it or by the next fold, never marked folded without being
-counted. On SQLite the rebuild holds the write lock, so nothing commits meanwhile."""
+"""Work that reads rows in one statement and writes them in another, on PostgreSQL next to live
+ingest: rows and labels other transactions commit in between are counted once, never marked folded
+or deleted without being counted. On SQLite such work holds the write lock: nothing commits
+meanwhile."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
 from psycopg.errors import SerializationFailure
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Connection, Engine, event, func, select
 from sqlalchemy.exc import OperationalError
 
 from monitor.cli import main
@@ -20,7 +22,8 @@ from monitor.store.folding import Batch, Columns
 from monitor.store.ingest import apply_feedback, insert_predictions
 from monitor.store.migrate import upgrade
 from monitor.store.records import FeedbackItem, PredictionRow
-from monitor.store.schema import predictions
+from monitor.store.retention import delete_folded_predictions
+from monitor.store.schema import predictions, sketch_bins
 from tests.store.test_aggregates import BUCKET, FINE, direct, snapshot
 
 pytestmark = pytest.mark.postgres
@@ -36,7 +39,8 @@ def pg_engine(pg_url: str) -> Iterator[Engine]:
 
 def rows(*ids: int) -> list[PredictionRow]:
     return [
-        PredictionRow("m", f"p{i}", "s", 1000.0 + 100.0 * i, "confidence", 0.6, None, None, 0.7, "1") for i in ids
+        PredictionRow("m", f"p{i}", "s", 1000.0 + 100.0 * i, "confidence", 0.6, None, None, 0.7, "1")
+        for i in ids
     ]
 
 
@@ -157,3 +161,35 @@ def test_a_label_for_a_row_the_rebuild_must_mark_fails_it_whole(
 
 def same_snapshot(a: dict[tuple[object, ...], np.ndarray], b: dict[tuple[object, ...], np.ndarray]) -> bool:
     return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_retention_keeps_a_row_labelled_between_choosing_and_deleting_it(pg_engine: Engine) -> None:
+    """Retention chooses folded rows, then deletes them: a label applied in between makes the row
+    one the fold has yet to count, so it must stay (its label was acknowledged as applied)."""
+    engine = pg_engine
+    with engine.begin() as conn:
+        insert_predictions(conn, rows(0, 1), now=5000.0)
+    drain(engine)  # both folded as predictions, unlabelled: both expired and deletable
+    labelled: list[str] = []
+
+    def label_p0_first(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("DELETE FROM predictions") and not labelled:
+            labelled.append("p0")
+            with engine.begin() as other:
+                outcome = apply_feedback(other, [FeedbackItem("m", "p0", True, None)], now=6000.0)
+            assert outcome.statuses == ["matched"]
+
+    event.listen(engine, "before_cursor_execute", label_p0_first)
+    try:
+        with engine.begin() as conn:
+            assert delete_folded_predictions(conn, before=10_000.0, limit=100) == 1
+    finally:
+        event.remove(engine, "before_cursor_execute", label_p0_first)
+    assert labelled
+    drain(engine)
+    with engine.connect() as conn:
+        left = conn.execute(select(predictions.c.prediction_id, predictions.c.agg_state)).all()
+        counted = conn.execute(
+            select(func.sum(sketch_bins.c.n_l)).where(sketch_bins.c.score == "raw", sketch_bins.c.bin < FINE)
+        ).scalar()
+    assert [tuple(r) for r in left] == [("p0", 2)] and counted == 1
