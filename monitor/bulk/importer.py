@@ -27,7 +27,7 @@ from sqlalchemy import Engine
 
 from monitor.bulk.checks import Labels, Predictions, RowRejection, check_labels, check_predictions
 from monitor.bulk.prefetch import prefetched
-from monitor.bulk.sources import CHUNK_ROWS, Kind, Source, open_source
+from monitor.bulk.sources import CHUNK_ROWS, Chunk, Kind, Source, open_source
 from monitor.collector.serving import RegistryScorer, score_by_series
 from monitor.collector.validation import model_cap_error, over_model_cap
 from monitor.config import Settings
@@ -200,14 +200,15 @@ def _import_predictions(run: _Run, source: Source, bar: Any) -> None:
     def aggregation_for(model: str) -> Any:
         return settings.model_config_for(model).token_aggregation
 
-    def checked_chunks() -> Iterator[tuple[int, int, Predictions]]:
+    def checked_chunks() -> Iterator[tuple[Chunk, int, Predictions]]:
         for chunk, read_bytes in source.chunks:
             horizon = settings.retention.raw_days
-            yield len(chunk), read_bytes, check_predictions(chunk, now, limits, aggregation_for, horizon)
+            yield chunk, read_bytes, check_predictions(chunk, now, limits, aggregation_for, horizon)
 
-    for size, read_bytes, checked in prefetched(checked_chunks()):
+    for chunk, read_bytes, checked in prefetched(checked_chunks()):
+        size = len(chunk) + len(chunk.unreadable)
         summary.predictions_read += size
-        rejected = list(checked.rejected)
+        rejected = [*_unreadable(chunk), *checked.rejected]
         checked, refused, new = _admit(checked, known, limits.max_models)
         rejected.extend(refused)
         rejected.sort(key=lambda r: r.row)
@@ -230,6 +231,11 @@ def _import_predictions(run: _Run, source: Source, bar: Any) -> None:
         summary.inserted += inserted
         summary.duplicates += len(checked) - inserted
         _advance(bar, source, size, read_bytes)
+
+
+def _unreadable(chunk: Chunk) -> list[RowRejection]:
+    """Rows the reader could not parse (a CSV row of the wrong number of fields): rejected whole."""
+    return [RowRejection(row, None, "record", reason) for row, reason in chunk.unreadable]
 
 
 def _admit(
@@ -272,14 +278,16 @@ def _earliest(checked: Predictions) -> dict[str, float]:
 def _import_labels(run: _Run, source: Source, bar: Any) -> None:
     engine, settings, now, summary, report = run.engine, run.settings, run.now, run.report.summary, run.report
 
-    def checked_chunks() -> Iterator[tuple[int, int, Labels]]:
+    def checked_chunks() -> Iterator[tuple[Chunk, int, Labels]]:
         for chunk, read_bytes in source.chunks:
-            yield len(chunk), read_bytes, check_labels(chunk, now, settings.limits)
+            yield chunk, read_bytes, check_labels(chunk, now, settings.limits)
 
-    for size, read_bytes, checked in prefetched(checked_chunks()):
+    for chunk, read_bytes, checked in prefetched(checked_chunks()):
+        size = len(chunk) + len(chunk.unreadable)
         summary.labels_read += size
-        report.write("labels", checked.rejected)
-        summary.labels_rejected += len(checked.rejected)
+        rejected = sorted([*_unreadable(chunk), *checked.rejected], key=lambda r: r.row)
+        report.write("labels", rejected)
+        summary.labels_rejected += len(rejected)
         items = [
             FeedbackItem(m, p, c, lab)
             for m, p, c, lab in zip(checked.model, checked.prediction_id, checked.correct, checked.label,

@@ -12,8 +12,10 @@ Every chunk is a ``Chunk``: the file's row numbers (1-based, as a person counts 
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+from dataclasses import field as default
 from pathlib import Path
 from typing import Any, Literal
 
@@ -88,6 +90,7 @@ class Column:
 class Chunk:
     rows: np.ndarray  # int64, 1-based row numbers in the file
     columns: dict[str, Column]
+    unreadable: list[tuple[int, str]] = default(default_factory=list)  # rows read but not parsed: why
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -259,36 +262,84 @@ def _csv_chunks(path: Path, names: list[str], chunk_rows: int) -> Iterator[tuple
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
+    bad = _BadRows(chunk_rows)
     with path.open("rb") as handle:
-        reader = pcsv.open_csv(
-            handle,
-            read_options=pcsv.ReadOptions(block_size=4 << 20),
-            convert_options=pcsv.ConvertOptions(
-                column_types={name: pa.string() for name in names}, strings_can_be_null=True,
-                null_values=[""], quoted_strings_can_be_null=False,
-            ),
-        )  # fmt: skip
-        start = 1
         pending: Any = None  # rows read but not yet handed out (less than a chunk)
         try:
+            reader = pcsv.open_csv(  # reads the first block already
+                handle,
+                # one parsing thread: pyarrow numbers the rows it hands to ``bad`` only then
+                read_options=pcsv.ReadOptions(block_size=4 << 20, use_threads=False),
+                parse_options=pcsv.ParseOptions(invalid_row_handler=bad),
+                convert_options=pcsv.ConvertOptions(
+                    column_types={name: pa.string() for name in names}, strings_can_be_null=True,
+                    null_values=[""], quoted_strings_can_be_null=False,
+                ),
+            )  # fmt: skip
             for batch in reader:
                 table = pa.Table.from_batches([batch])
                 pending = table if pending is None else pa.concat_tables([pending, table])
                 while pending.num_rows >= chunk_rows:
-                    yield _csv_chunk(pending.slice(0, chunk_rows), start), handle.tell()
-                    start += chunk_rows
+                    yield bad.chunk(pending.slice(0, chunk_rows)), handle.tell()
                     pending = pending.slice(chunk_rows)
         except pa.ArrowInvalid as exc:
             raise ImportInputError(
-                f"{path}: not readable as CSV after data row {start - 1}: {exc}; the rows before it were "
-                "imported: fix the file and run the import again (rows already stored are skipped)"
+                f"{path}: not readable as CSV after data row {bad.next_row - 1}: {bad.overflow or exc}; the "
+                "rows before it were imported: fix the file and run the import again (rows already "
+                "stored are skipped)"
             ) from None
-        if pending is not None and pending.num_rows:
-            yield _csv_chunk(pending, start), handle.tell()
+        if pending is None and bad.found:
+            pending = pa.table({name: pa.array([], pa.string()) for name in names})
+        if pending is not None and (pending.num_rows or bad.found):
+            yield bad.chunk(pending), handle.tell()
 
 
-def _csv_chunk(table: Any, start: int) -> Chunk:
-    rows = np.arange(start, start + table.num_rows, dtype=np.int64)
+class _BadRows:
+    """pyarrow's handler for rows it cannot split into the header's fields: each becomes a rejected
+    row (its number and text) and the file reads on. It also numbers the good rows around them.
+    Bounded: more than ``limit`` such rows before the next chunk of good ones stops the import."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.found: list[tuple[int, str]] = []  # since the last chunk handed out
+        self.skipped: deque[int] = deque()  # their data row numbers, not yet passed by the numbering
+        self.next_row = 1  # the next data row number a good row may take
+        self.overflow = ""
+
+    def __call__(self, row: Any) -> str:
+        if row.number is None or len(self.found) >= self.limit:
+            self.overflow = f"more than {self.limit:,} rows in a row do not split into the header's fields"
+            return "error"
+        number = row.number - 1  # pyarrow counts the header line as row 1
+        text = row.text if len(row.text) <= 200 else row.text[:200] + "..."
+        self.found.append(
+            (number, f"not a CSV row of the header's {row.expected_columns} fields "
+                     f"(found {row.actual_columns}): {text!r}")
+        )  # fmt: skip
+        self.skipped.append(number)
+        return "skip"
+
+    def chunk(self, table: Any) -> Chunk:
+        """The good rows of ``table``, numbered around the bad ones, with the bad ones found so far."""
+        rows = np.empty(table.num_rows, dtype=np.int64)
+        done = 0
+        while done < table.num_rows:
+            if self.skipped and self.skipped[0] == self.next_row:
+                self.skipped.popleft()
+                self.next_row += 1
+                continue
+            run = table.num_rows - done
+            if self.skipped:
+                run = min(run, self.skipped[0] - self.next_row)
+            rows[done : done + run] = np.arange(self.next_row, self.next_row + run)
+            done += run
+            self.next_row += run
+        chunk = _csv_chunk(table, rows)
+        chunk.unreadable, self.found = self.found, []
+        return chunk
+
+
+def _csv_chunk(table: Any, rows: np.ndarray) -> Chunk:
     columns: dict[str, Column] = {}
     for name in table.column_names:
         texts: list[str | None] = table.column(name).to_pylist()

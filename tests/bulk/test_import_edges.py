@@ -309,3 +309,53 @@ def test_every_format_is_read_in_chunks_of_bounded_size(tmp_path: Path, suffix: 
     chunks = [chunk for chunk, _ in source.chunks]
     assert all(len(c) <= 100 for c in chunks) and sum(len(c) for c in chunks) == 1000
     assert [int(c.rows[0]) for c in chunks][:2] == [1, int(chunks[0].rows[-1]) + 1]
+
+
+def test_csv_rows_of_the_wrong_width_are_rejected_rows_and_the_file_reads_on(
+    engine: Engine, db_url: str, tmp_path: Path
+) -> None:
+    """A row pyarrow cannot split into the header's fields is a rejected row with its number and
+    text, as a JSON Lines line that is not JSON is; the rows after it keep their own numbers (a
+    quoted newline inside a value is one row) and are imported."""
+    now = time.time()
+    (tmp_path / "h.csv").write_text(
+        "model,id,ts,confidence\n"
+        f"m,a,{now - 60},0.7\n"  # row 1
+        f"m,b,{now - 60},0.7,extra\n"  # row 2: five fields
+        f'm,"c\nc",{now - 60},0.7\n'  # row 3: a newline inside a quoted id, then refused by the API
+        "m,d\n"  # row 4: two fields
+        f"m,e,{now - 60},1.7\n"  # row 5: read, then refused by the API's rule
+        f"m,f,{now - 60},0.7\n"  # row 6
+    )
+    (tmp_path / "l.csv").write_text(f"model,id,correct,labelled_at\nm,a,1\nm,f,1,{now - 1}\n")
+    settings = load_settings(None, database_url=db_url)
+    summary = import_history(
+        engine, settings, tmp_path / "h.csv", tmp_path / "l.csv", tmp_path / "r.jsonl", chunk_rows=2
+    )
+    assert (summary.predictions_read, summary.inserted, summary.predictions_rejected) == (6, 2, 4)
+    assert (summary.labels_read, summary.matched, summary.labels_rejected) == (2, 1, 1)
+    with engine.connect() as conn:
+        assert sorted(conn.execute(text("SELECT prediction_id FROM predictions")).scalars()) == ["a", "f"]
+    report = [orjson.loads(line) for line in (tmp_path / "r.jsonl").read_bytes().splitlines()]
+    by_row = {(r["file"], r["row"]): r for r in report}
+    assert sorted(by_row) == [("labels", 1), ("predictions", 2), ("predictions", 3), ("predictions", 4),
+                              ("predictions", 5)]  # fmt: skip
+    assert by_row[("predictions", 2)]["field"] == "record"
+    assert "header's 4 fields (found 5)" in by_row[("predictions", 2)]["error"]
+    assert "'m,d'" in by_row[("predictions", 4)]["error"]
+    assert by_row[("predictions", 3)]["field"] == "id"  # the API's rule, at its own row number
+    assert by_row[("predictions", 5)]["field"] == "confidence"
+    assert "found 3" in by_row[("labels", 1)]["error"]
+
+
+def test_a_csv_of_nothing_but_rows_of_the_wrong_width_stops_at_a_bound(
+    engine: Engine, db_url: str, tmp_path: Path
+) -> None:
+    """Rejected rows are reported as they are read, so memory stays bounded: more unparsable rows in
+    a row than a chunk holds stop the import, naming the cause."""
+    now = time.time()
+    rows = "".join(f"m,x{i},{now - 60},0.7,extra\n" for i in range(50))
+    (tmp_path / "h.csv").write_text(f"model,id,ts,confidence\nm,a,{now - 60},0.7\n" + rows)
+    settings = load_settings(None, database_url=db_url)
+    with pytest.raises(ImportInputError, match="more than 20 rows in a row do not split"):
+        import_history(engine, settings, tmp_path / "h.csv", None, tmp_path / "r.jsonl", chunk_rows=20)
