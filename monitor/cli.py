@@ -19,7 +19,6 @@ from pathlib import Path
 
 import yaml
 from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError
 
 from monitor import __version__
 from monitor.config import ConfigError, Settings, load_settings
@@ -311,12 +310,13 @@ def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
                     cap_of=settings.max_segments_for,
                     hour_bins=settings.evaluation.ece_bins,
                 )
-        except OperationalError as exc:
-            if getattr(exc.orig, "sqlstate", None) not in _CONCURRENT_CHANGE:
+        except Exception as exc:  # SQLAlchemy's wrapper, or the driver's own from a COPY cursor
+            cause = getattr(exc, "orig", None) or exc
+            if getattr(cause, "sqlstate", None) not in _CONCURRENT_CHANGE:
                 raise
             print(
-                "calmon: rows or labels the rebuild had to mark changed while the rebuild ran "
-                f"({str(exc.orig).strip().splitlines()[0]}); nothing was changed: run it again, or stop "
+                "calmon: rows, labels or buckets the rebuild had to write changed while the rebuild ran "
+                f"({str(cause).strip().splitlines()[0]}); nothing was changed: run it again, or stop "
                 "the daemons' ingest while it runs",
                 file=sys.stderr,
             )

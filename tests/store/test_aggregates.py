@@ -208,3 +208,42 @@ def test_cli_rebuild_recomputes_only_after_the_retention_cutoff(
     store.dispose()
     assert main(["rebuild-aggregates", "--all", "--database-url", url]) == 0
     assert "from 1 prediction rows\n" in capsys.readouterr().out
+
+
+def test_a_rebuild_repairs_buckets_that_differ_from_the_raw_rows(engine: Engine) -> None:
+    """What a rebuild is for besides a backlog: a bucket row changed, one lost, one that no row
+    produced: all back to what the raw rows say (on PostgreSQL only those rows are written)."""
+    rows = [
+        PredictionRow("m", f"p{i}", f"s{i % 2}", 1000.0 + 97.0 * i, "confidence", 0.05 + 0.09 * i, None, None,
+                      0.1 + 0.08 * i, "1")
+        for i in range(10)
+    ]  # fmt: skip
+    with engine.begin() as conn:
+        insert_predictions(conn, rows, now=5000.0)
+        apply_feedback(
+            conn, [FeedbackItem("m", f"p{i}", i % 3 == 0, None) for i in range(0, 10, 2)], now=6000.0
+        )
+        while aggregate_pending(conn, BUCKET, FINE).rows:
+            pass
+    good = snapshot(engine)
+    (changed, *_), lost = sorted(good), max(good)
+    with engine.begin() as conn:
+        where = [
+            sketch_bins.c[k] == v
+            for k, v in zip(("model", "segment", "score", "bucket_start", "bin"), changed, strict=True)
+        ]
+        conn.execute(sketch_bins.update().where(*where).values(sum_p=sketch_bins.c.sum_p + 0.25, n=7))
+        gone = [
+            sketch_bins.c[k] == v
+            for k, v in zip(("model", "segment", "score", "bucket_start", "bin"), lost, strict=True)
+        ]
+        conn.execute(delete(sketch_bins).where(*gone))
+        stray = {"model": "m", "segment": "s9", "score": "raw", "bucket_start": 0.0, "bin": 3}
+        stray |= {c: 1.0 for c in ("n", "sum_p", "s2", "s3", "s4")} | {
+            c: 0.0 for c in ("n_l", "s1", "sy", "syp", "sll")
+        }
+        conn.execute(sketch_bins.insert().values(**stray))
+    assert not same(good, snapshot(engine))
+    with engine.begin() as conn:
+        assert rebuild(conn, BUCKET, FINE) == 10
+    assert same(good, snapshot(engine))

@@ -11,12 +11,14 @@ from typing import Any
 import numpy as np
 import pytest
 from psycopg.errors import SerializationFailure
-from sqlalchemy import Connection, Engine, event, func, select
+from sqlalchemy import Connection, Engine, delete, event, func, select
 from sqlalchemy.exc import OperationalError
 
+from monitor.calibration.sketch import MOMENTS, TAIL_BINS, Moment
 from monitor.cli import main
 from monitor.store import aggregates
 from monitor.store.aggregates import aggregate_pending, rebuild
+from monitor.store.buckets import upsert_buckets
 from monitor.store.engine import create_store_engine
 from monitor.store.folding import Batch, Columns
 from monitor.store.ingest import apply_feedback, insert_predictions
@@ -193,3 +195,35 @@ def test_retention_keeps_a_row_labelled_between_choosing_and_deleting_it(pg_engi
             select(func.sum(sketch_bins.c.n_l)).where(sketch_bins.c.score == "raw", sketch_bins.c.bin < FINE)
         ).scalar()
     assert [tuple(r) for r in left] == [("p0", 2)] and counted == 1
+
+
+def test_a_bucket_another_fold_writes_during_a_rebuild_fails_it_whole(
+    pg_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rebuild merges its sums into the buckets at the end; a bucket row another transaction
+    committed meanwhile (a fold that ignored the rebuild) is one the rebuild cannot see: it fails
+    with a serialization failure (which the command answers with "run it again"), never a unique
+    violation or a double count."""
+    engine = pg_engine
+    with engine.begin() as conn:
+        insert_predictions(conn, rows(0, 1), now=5000.0)  # not folded: no bucket yet
+
+    def fold_elsewhere() -> None:  # a bucket row of a key the rebuild is about to write
+        moments = np.zeros((1, len(MOMENTS), FINE + TAIL_BINS))
+        moments[0, Moment.N, 71] = 1.0  # p0: raw 0.6, in fine bin 71 of bucket 900
+        with engine.begin() as conn:
+            upsert_buckets(conn, [("m", "s", 900.0)], "raw", moments)
+
+    while_rebuilding(monkeypatch, fold_elsewhere)
+    with pytest.raises(SerializationFailure), engine.begin() as conn:  # the driver's: from the COPY cursor
+        rebuild(conn, BUCKET, FINE)
+    monkeypatch.undo()
+    url = engine.url.render_as_string(hide_password=False)
+    while_rebuilding(monkeypatch, fold_elsewhere)
+    assert main(["rebuild-aggregates", "--all", "--database-url", url]) == 1  # said, not a traceback
+    monkeypatch.undo()
+    with engine.begin() as conn:  # the stray row the rogue fold wrote (a real fold marks its rows too)
+        conn.execute(delete(sketch_bins))
+    with engine.begin() as conn:
+        rebuild(conn, BUCKET, FINE)
+    equals_the_raw_rows(engine)

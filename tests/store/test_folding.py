@@ -4,9 +4,12 @@ statement that marks them folded — on both backends."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from sqlalchemy import Engine, func, insert, select
 
-from monitor.store.folding import Batch, fetch_columns, mark_folded, series_pairs, use_series
+from monitor.store.engine import create_store_engine
+from monitor.store.folding import Batch, Columns, fetch_columns, mark_folded, series_pairs, use_series
+from monitor.store.migrate import upgrade
 from monitor.store.schema import predictions
 
 T0 = 1_800_000_000.0
@@ -75,3 +78,35 @@ def test_a_rebuild_batch_counts_every_row_whole_and_marks_those_needing_work(eng
         assert rows.raw.tolist() == [0.8, 0.7, 0.6] and rows.fresh.all()  # from since on, whatever state
         assert mark_folded(conn, batch) == 2
     assert states(engine) == [2, 1, 2, 1]
+
+
+@pytest.mark.postgres
+def test_on_postgresql_a_pk_range_read_by_binary_copy_equals_the_row_by_row_read(pg_url: str) -> None:
+    """A pk range (a rebuild's) is read with ``COPY ... (FORMAT BINARY)`` and parsed by NumPy; the
+    exact pks (the tick's) row by row: the same rows give the same numbers to the bit."""
+    engine = create_store_engine(pg_url)
+    upgrade(engine)
+    rng = np.random.default_rng(5)
+    n = 3000
+    first = store(
+        engine,
+        [
+            (f"s{i % 3}", float(rng.random()), [None, True, False][i % 3], [0, 1, 2][i % 5 % 3])
+            for i in range(n)
+        ],
+    )
+    try:
+        with engine.begin() as conn:
+            pks = list(range(first, first + n))
+            ranged = Batch.pending(pks, exact=False)
+            use_series(conn, series_pairs(conn, ranged))
+            copied = fetch_columns(conn, ranged)
+            exact = fetch_columns(conn, Batch.pending(pks, exact=True))
+            empty = fetch_columns(conn, Batch(first + n, first + 2 * n))
+        assert 0 < copied.size < n  # only the rows needing work, read both ways
+        for name in Columns.__dataclass_fields__:
+            a, b = getattr(copied, name), getattr(exact, name)
+            assert a.dtype == b.dtype and np.array_equal(a, b), name
+        assert empty.size == 0 and empty.series.dtype == np.int64
+    finally:
+        engine.dispose()
