@@ -55,39 +55,38 @@ _FROM_STAGED = (
 )
 
 
-def _copy_upsert(
-    conn: Connection,
-    keys: list[tuple[str, str, float]],
-    score: str,
-    group: list[int],
-    column: list[int],
-    values: list[list[float]],
-) -> None:
+BinRow = tuple[Any, ...]  # a sketch_bins row: model, segment, score, bucket_start, bin, moments
+
+
+def _bin_rows(keys: list[tuple[str, str, float]], score: str, moments: NDArray[np.float64]) -> list[BinRow]:
+    """One score's grouped moments (groups x moments x bins) as ``sketch_bins`` rows, non-empty
+    bins only."""
+    group, column = np.nonzero((moments[:, Moment.N] != 0) | (moments[:, Moment.N_L] != 0))
+    values = moments[group, :, column].tolist()
+    return [
+        (keys[g][0], keys[g][1], score, keys[g][2], b, *v)
+        for g, b, v in zip(group.tolist(), column.tolist(), values, strict=True)
+    ]
+
+
+def _copy_upsert(conn: Connection, rows: list[BinRow]) -> None:
     """PostgreSQL: binary COPY into a session table, then one ``INSERT ... SELECT ... ON CONFLICT``
     (an executemany sends a statement per row; arrays through ``unnest`` cost more to dump)."""
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_STAGED} (LIKE sketch_bins) ON COMMIT DELETE ROWS")
         cursor.execute(f"DELETE FROM {_STAGED}")
-        _copy_in(cursor, _STAGED, keys, score, group, column, values)
+        _copy_in(cursor, _STAGED, rows)
         cursor.execute(_FROM_STAGED)
     finally:
         cursor.close()
 
 
-def _copy_in(
-    cursor: Any,
-    table: str,
-    keys: list[tuple[str, str, float]],
-    score: str,
-    group: list[int],
-    column: list[int],
-    values: list[list[float]],
-) -> None:
+def _copy_in(cursor: Any, table: str, rows: list[BinRow]) -> None:
     with cursor.copy(f"COPY {table} ({_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
         copy.set_types(_TYPES)
-        for g, b, v in zip(group, column, values, strict=True):
-            copy.write_row((keys[g][0], keys[g][1], score, keys[g][2], b, *v))
+        for row in rows:
+            copy.write_row(row)
 
 
 _REBUILT = "calmon_rebuilt_buckets"  # every range's rows, summed per key at the end
@@ -107,7 +106,7 @@ class RebuiltBuckets:
     statements that touch only what differs: rows no longer produced are deleted, rows whose sums
     changed are updated, new rows inserted. Deleting every bucket and inserting them again left a
     dead entry per row in the unique index for each insert to step over: at 10M rows the write was
-    24 s of a 60 s recomputation that changed nothing (``docs/architecture.md``, "Scale")."""
+    24 s of a 58-69 s recomputation that changed nothing (``docs/architecture.md``, "Scale")."""
 
     def __init__(self, conn: Connection, start: float | None):
         self.conn = conn
@@ -116,10 +115,9 @@ class RebuiltBuckets:
         self.cursor.execute(f"CREATE TEMP TABLE {_REBUILT} (LIKE sketch_bins) ON COMMIT DROP")
 
     def add(self, keys: list[tuple[str, str, float]], score: str, moments: NDArray[np.float64]) -> None:
-        group, column = np.nonzero((moments[:, Moment.N] != 0) | (moments[:, Moment.N_L] != 0))
-        if group.size:
-            values = moments[group, :, column].tolist()
-            _copy_in(self.cursor, _REBUILT, keys, score, group.tolist(), column.tolist(), values)
+        rows = _bin_rows(keys, score, moments)
+        if rows:
+            _copy_in(self.cursor, _REBUILT, rows)
 
     def merge(self) -> None:
         """Make ``sketch_bins`` (from ``start`` on) hold exactly the staged sums."""
@@ -155,18 +153,12 @@ def upsert_buckets(
     conn: Connection, keys: list[tuple[str, str, float]], score: str, moments: NDArray[np.float64]
 ) -> None:
     """Add one score's grouped moments (groups x moments x bins) to the stored buckets, non-empty
-    bins only: one statement over arrays on PostgreSQL (``unnest``: an executemany there sends a
+    bins only: a binary COPY and one merging statement on PostgreSQL (an executemany there sends a
     statement per row), one driver executemany on SQLite (which runs it in-process)."""
-    group, column = np.nonzero((moments[:, Moment.N] != 0) | (moments[:, Moment.N_L] != 0))
-    if not group.size:
+    rows = _bin_rows(keys, score, moments)
+    if not rows:
         return
-    values = moments[group, :, column].tolist()
     if conn.dialect.name == "postgresql":
-        _copy_upsert(conn, keys, score, group.tolist(), column.tolist(), values)
+        _copy_upsert(conn, rows)
         return
-    params = [
-        (keys[g][0], keys[g][1], score, keys[g][2], b, *v)
-        for g, b, v in zip(group.tolist(), column.tolist(), values, strict=True)
-    ]
-    mark = "%s" if conn.dialect.name == "postgresql" else "?"
-    conn.exec_driver_sql(_UPSERT.format(marks=", ".join([mark] * (5 + len(MOMENT_COLUMNS)))), params)
+    conn.exec_driver_sql(_UPSERT.format(marks=", ".join(["?"] * (5 + len(MOMENT_COLUMNS)))), rows)
