@@ -181,13 +181,12 @@ def _copied_rows(conn: Connection, sql: str, params: dict[str, Any]) -> NDArray[
         raise RuntimeError("COPY did not answer in PostgreSQL's binary format")
     start = len(_COPY_SIGNATURE) + 8 + int.from_bytes(data[15:19], "big")  # flags, extension length
     body = data[start:-2]  # the trailer: a field count of -1
+    shape = "COPY answered rows of another shape than fetch_columns asked for"
+    if len(body) % _COPY_ROW.itemsize:
+        raise RuntimeError(shape)
     rows = np.frombuffer(body, dtype=_COPY_ROW)
-    if (
-        len(body) % _COPY_ROW.itemsize
-        or (rows["fields"] != 6).any()
-        or any((rows[name] != size).any() for name, size in _COPY_LENGTHS.items())
-    ):
-        raise RuntimeError("COPY answered rows of another shape than fetch_columns asked for")
+    if (rows["fields"] != 6).any() or any((rows[name] != size).any() for name, size in _COPY_LENGTHS.items()):
+        raise RuntimeError(shape)
     return rows
 
 
