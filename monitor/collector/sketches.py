@@ -191,9 +191,7 @@ def _check_time(
         raise _refuse(field, str(exc)) from None
 
 
-def check_batch(
-    batch: SketchBatchIn, settings: Settings, now: float, tolerance_of: Callable[[str], float]
-) -> SketchBatch:
+def check_batch(batch: SketchBatchIn, settings: Settings, now: float) -> SketchBatch:
     """The batch, if some set of predictions could have produced it at calmon's configuration."""
     cfg = settings.evaluation
     for name, mine in (
@@ -261,7 +259,7 @@ def check_batch(
                 f"raw counts (n, n_l) = {scores['raw']} but calibrated counts {scores['calibrated']}",
             )
     series = _check_series(batch, counted, cfg.bucket_seconds, now, settings)
-    evidence = _check_evidence(batch, counted, tolerance_of)
+    evidence = _check_evidence(batch, counted, settings.tolerance_for)
     sample = _check_sample(batch, now, settings)
     return SketchBatch(batch.batch_id, batch.evidence_bins, buckets, series, evidence, sample)
 
@@ -382,12 +380,12 @@ def _check_sample(batch: SketchBatchIn, now: float, settings: Settings) -> list[
 
 
 def accept_sketches(
-    body: bytes, engine: Engine, settings: Settings, now: float, tolerance_of: Callable[[str], float]
+    body: bytes, engine: Engine, settings: Settings, now: float
 ) -> tuple[int, dict[str, Any]]:
     """Check and store a batch in one transaction: 201 accepted, 200 a duplicate of one accepted
     before (nothing written), 409 another batch under the same id, 413/422 refused."""
     parsed = parse_batch(body, settings.limits.max_batch_records)
-    batch = check_batch(parsed, settings, now, tolerance_of)
+    batch = check_batch(parsed, settings, now)
     first_seen: dict[str, float] = {}
     for span in batch.series:
         first_seen[span.model] = min(first_seen.get(span.model, math.inf), span.first_ts)

@@ -92,10 +92,6 @@ class EvaluationTick:
         self._round = EvidenceRound(None)
         self._hours_checked = False  # the hourly rollup matches ece_bins (store.history.ensure_hours)
 
-    def tolerance_of(self, model: str) -> float:
-        """The τ a model's labels are bet at (per model: the model-wide series holds every segment)."""
-        return self.settings.tolerance_for(model)
-
     def invalidate(self) -> None:
         """Start again from the database (leadership changed: another leader may have moved on)."""
         self.rolling.invalidate()
@@ -139,7 +135,7 @@ class EvaluationTick:
                     batch,
                     self.settings.max_segments_for,
                     evidence_bins=cfg.ece_bins,
-                    tolerance_of=self.tolerance_of,
+                    tolerance_of=self.settings.tolerance_for,
                     hour_bins=cfg.ece_bins,
                 )
             if not run.rows:

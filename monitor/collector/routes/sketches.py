@@ -35,9 +35,7 @@ BatchId = Annotated[str, Path(min_length=1, max_length=128, pattern=BATCH_ID_PAT
 async def post_sketches(request: Request, ctx: ContextDep) -> Response:
     body = await read_body(request, ctx.settings.limits.max_body_bytes)
 
-    status, summary = await run_in_threadpool(
-        accept_sketches, body, ctx.engine, ctx.settings, ctx.clock(), ctx.settings.tolerance_for
-    )
+    status, summary = await run_in_threadpool(accept_sketches, body, ctx.engine, ctx.settings, ctx.clock())
     return JSONResponse(summary, status_code=status)
 
 
