@@ -33,6 +33,7 @@ def test_a_rebuild_outlasts_the_statement_timeout(pg_url: str) -> None:
     with engine.begin() as conn:
         assert rebuild(conn, 3600, 120, hour_bins=15) == n
     with engine.connect() as conn:
+        conn.exec_driver_sql("SET statement_timeout = 0")  # the checks scan 200k rows and their dead versions
         counted = conn.execute(select(func.sum(sketch_bins.c.n)).where(sketch_bins.c.bin < 120)).scalar()
         folded = conn.execute(select(func.count()).where(predictions.c.agg_state == 1)).scalar()
     assert folded == n and counted == 2 * n  # each prediction under its raw and its calibrated score
