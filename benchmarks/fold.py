@@ -4,8 +4,8 @@ steady-state fold of one tick's new rows, on SQLite and PostgreSQL.
 The store: ``--rows`` raw prediction rows (10 models x 5 segments over 7 days, half labelled,
 calibrated and raw confidences), inserted with the driver's executemany (timed, the reference).
 Then ``calmon rebuild-aggregates``'s work (``store.aggregates.rebuild``, hourly rollup included)
-twice: first over the unfolded backlog (it marks every row folded), then again over the folded
-store (a recomputation: no row to mark); and
+twice: first over the unfolded backlog (it takes every row off the work list), then again over the
+folded store (a recomputation: an empty work list); and
 ``--ticks`` times a tick's worth of new traffic (``--tick-rows`` new predictions and as many labels
 for earlier ones) folded the way the daemon folds (``aggregate_pending`` batches of 50,000 with the
 drift evidence and the hourly rollup).
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # after PYTHONPATH: an older checkout given there wins
 
-from sqlalchemy import Engine, func, select, text  # noqa: E402
+from sqlalchemy import Engine, func, inspect, select, text  # noqa: E402
 
 from benchmarks.ingest import machine, write_section  # noqa: E402
 from monitor.store.aggregates import aggregate_pending, rebuild  # noqa: E402
@@ -63,7 +63,7 @@ SEGMENTS = 5  # per model (--segments)
 VACUUM_EFFECT = False  # --vacuum-effect: also measure the reads before tidying
 COLUMNS = (
     "model, prediction_id, segment, ts, received_at, input_kind, raw_confidence, "
-    "calibrated_confidence, calibrator_version, correct, agg_state"
+    "calibrated_confidence, calibrator_version, correct"
 )
 
 
@@ -82,24 +82,38 @@ def chunks(n: int, start: int, t0: float, span: float, seed: int) -> Iterator[li
         yield [
             (f"model-{model[i]}", f"p{start + offset + i}", f"seg-{segment[i]}", float(ts[i]), float(ts[i]),
              "confidence", float(raw[i]), float(calibrated[i]), "1",
-             bool(correct[i]) if labelled[i] else None, 0)
+             bool(correct[i]) if labelled[i] else None)
             for i in range(size)
         ]  # fmt: skip
 
 
+def queued(engine: Engine) -> bool:
+    """Whether the measured store keeps its work list in ``fold_queue`` (older ones: a row state)."""
+    return "fold_queue" in inspect(engine).get_table_names()
+
+
 def insert(engine: Engine, n: int, start: int, t0: float, span: float, seed: int) -> float:
+    """Raw rows, and their work-list rows as calmon's ingest writes them (timed together)."""
     mark = "%s" if engine.dialect.name == "postgresql" else "?"
-    statement = f"INSERT INTO predictions ({COLUMNS}) VALUES ({', '.join([mark] * 11)})"  # noqa: S608
+    statement = f"INSERT INTO predictions ({COLUMNS}) VALUES ({', '.join([mark] * 10)})"  # noqa: S608
+    queue = queued(engine)
     began = time.perf_counter()
     for rows in chunks(n, start, t0, span, seed):
         with engine.begin() as conn:
+            before = conn.execute(select(func.coalesce(func.max(predictions.c.pk), 0))).scalar_one()
             conn.exec_driver_sql(statement, rows)
+            if queue:
+                conn.execute(
+                    text("INSERT INTO fold_queue (pk, fresh) SELECT pk, true FROM predictions WHERE pk > :b"),
+                    {"b": before},
+                )
     return time.perf_counter() - began
 
 
 def label_earlier(engine: Engine, n: int, seed: int) -> None:
     """Labels arriving for ``n`` earlier unlabelled predictions (as ``POST /v1/feedback`` sets them)."""
     rng = np.random.default_rng(seed)
+    queue = queued(engine)
     with engine.begin() as conn:
         top = conn.execute(select(func.max(predictions.c.pk))).scalar_one()
         pks = sorted({int(k) for k in rng.integers(max(1, top - 2_000_000), top, 3 * n)})
@@ -116,6 +130,11 @@ def label_earlier(engine: Engine, n: int, seed: int) -> None:
             text("UPDATE predictions SET correct = :c WHERE pk = :pk"),
             [{"c": bool(rng.random() < 0.8), "pk": pk} for pk in chosen],
         )
+        if queue:
+            conn.execute(
+                text("INSERT INTO fold_queue (pk, fresh) VALUES (:pk, false) ON CONFLICT (pk) DO NOTHING"),
+                [{"pk": pk} for pk in chosen],
+            )
 
 
 def fold_all(engine: Engine) -> tuple[float, int]:
@@ -142,8 +161,8 @@ def run(url: str, rows: int, ticks: int, tick_rows: int) -> dict[str, float]:
         buckets = conn.execute(select(func.count()).select_from(sketch_bins)).scalar_one()
     stale = read_latency(url) if VACUUM_EFFECT else {}
     tidy_after_rebuild(engine)  # as `calmon rebuild-aggregates` does after committing
-    # Again, now that every row is folded: a recomputation (another bin count, a repair), which
-    # marks no row, against the first rebuild, which also marked every row of the backlog.
+    # Again, now that every row is folded: a recomputation (another bin count, a repair), with an
+    # empty work list, against the first rebuild, which also emptied the backlog's.
     began = time.perf_counter()
     with engine.begin() as conn:
         again = rebuild(conn, BUCKET, FINE, cap_of=lambda model: 50, hour_bins=ECE_BINS)

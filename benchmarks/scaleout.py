@@ -149,11 +149,12 @@ def ingest_run(
     }
 
 
-LABELLED = (
-    "INSERT INTO predictions (model, prediction_id, segment, ts, input_kind, raw_confidence, "
+LABELLED = (  # the rows go on the fold's work list as calmon's ingest puts them
+    "WITH landed AS (INSERT INTO predictions (model, prediction_id, segment, ts, input_kind, raw_confidence, "
     "calibrated_confidence, calibrator_version, received_at, correct, labelled_at) SELECT * FROM unnest("
     "%s::text[], %s::text[], %s::text[], %s::float8[], %s::text[], %s::float8[], %s::float8[], %s::text[], "
-    "%s::float8[], %s::bool[], %s::float8[])"
+    "%s::float8[], %s::bool[], %s::float8[]) RETURNING pk) "
+    "INSERT INTO fold_queue (pk, fresh) SELECT pk, true FROM landed"
 )
 
 

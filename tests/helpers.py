@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, func, insert, select
 
-from monitor.store.schema import feedback_conflicts, pending_feedback, predictions
+from monitor.store.schema import feedback_conflicts, fold_queue, pending_feedback, predictions
 
 
 def pred(pid: str, confidence: float = 0.8, model: str = "qa-bot", **extra: Any) -> dict[str, Any]:
@@ -39,3 +39,26 @@ def stored(engine: Engine, pid: str, model: str = "qa-bot") -> Any:
         return conn.execute(
             select(predictions).where(predictions.c.model == model, predictions.c.prediction_id == pid)
         ).one_or_none()
+
+
+def fold_states(conn: Connection) -> dict[str, int]:
+    """Each prediction's fold state by id, as the numbers the fold once stored in the row: 0 not
+    counted, 1 counted as a prediction (its label, if any, still queued), 2 its label counted too."""
+    queued = dict(conn.execute(select(fold_queue.c.pk, fold_queue.c.fresh)).all())
+    rows = conn.execute(select(predictions.c.pk, predictions.c.prediction_id, predictions.c.correct))
+    return {
+        pid: (0 if queued[pk] else 1) if pk in queued else (1 if correct is None else 2)
+        for pk, pid, correct in rows
+    }
+
+
+def queue_as(conn: Connection, states: dict[int, tuple[int, bool | None]]) -> None:
+    """Put predictions (by pk: their fold state as in ``fold_states``, and correctness) on the fold's
+    work list as a fold in that state would have left them."""
+    rows = [
+        {"pk": pk, "fresh": state == 0}
+        for pk, (state, correct) in states.items()
+        if state == 0 or (state == 1 and correct is not None)
+    ]
+    if rows:
+        conn.execute(insert(fold_queue), rows)

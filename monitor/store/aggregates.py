@@ -1,18 +1,17 @@
 """Sketch buckets: fold raw predictions and late labels into ``sketch_bins``, and read them back.
 
-Each prediction row carries ``agg_state`` (0: not counted; 1: counted as a prediction; 2: its label
-counted too). ``aggregate_pending`` takes a bounded batch of rows that need work, reads their
-numbers in one array (``store.folding``), adds their moments to the buckets of their *prediction*
-time and advances their state with one statement, all in the caller's transaction: a crash before
-commit changes nothing, after commit everything — never a double count or a loss. On PostgreSQL the
-batch is locked with SKIP LOCKED, so concurrent runs never take the same row and a feedback
-transaction labelling a row waits for the run that holds it.
+A prediction whose row or label is not counted yet has a row in the work list ``fold_queue``
+(``fresh``: the prediction itself is not). ``aggregate_pending`` takes a bounded batch of them,
+reads their numbers in one array (``store.folding``), adds their moments to the buckets of their
+*prediction* time and deletes them from the work list with one statement, all in the caller's
+transaction: a crash before commit changes nothing, after commit everything — never a double count
+or a loss. On PostgreSQL the batch is locked with SKIP LOCKED, so concurrent runs never take the
+same row, and a feedback transaction queueing a label for a row waits for the run that holds it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +23,7 @@ from monitor.store.buckets import BucketDelta, RebuiltBuckets, bucket_of, upsert
 from monitor.store.evidence import append_pending, label_sum_rows
 from monitor.store.folding import Batch, fetch_columns, mark_folded, series_pairs, use_series
 from monitor.store.history import fold_hours, rebuild_hours
-from monitor.store.schema import MOMENT_COLUMNS, needs_fold, predictions, sketch_bins
+from monitor.store.schema import MOMENT_COLUMNS, fold_queue, predictions, sketch_bins
 from monitor.store.segments import CapOf, SegmentMap
 from monitor.store.sketch_batches import reapply
 from monitor.store.totals import add_totals, reset_totals
@@ -67,7 +66,7 @@ def aggregate_pending(
     ``evidence_bins``, the new labels' sums and bets (at ``tolerance_of(model)``) are also appended
     for the drift detectors (``store.evidence``) — never on a rebuild, whose labels were bet on when
     first folded. With ``hour_bins``, the hourly rollup too (``store.history``)."""
-    query = select(predictions.c.pk).where(needs_fold()).order_by(predictions.c.pk).limit(limit)
+    query = select(fold_queue.c.pk).order_by(fold_queue.c.pk).limit(limit)
     postgres = conn.dialect.name == "postgresql"
     if postgres:
         query = query.with_for_update(skip_locked=True)
@@ -159,7 +158,7 @@ def rebuild(
     Rows before that point keep their state (still-unfolded ones are folded as usual); the stored
     sketch batches (``store.sketch_batches``) are added again there. Rows are read
     in pk ranges of ``batch`` and counted whole whatever their state; one statement per range then
-    marks them folded. With ``hour_bins``, the hourly rollup is recomputed from all the buckets.
+    takes them off the work list. With ``hour_bins``, the hourly rollup is recomputed from all the buckets.
     """
     if conn.dialect.name == "postgresql":
         # One snapshot for the whole rebuild, so that the rows it marks are the rows it counted. Under
@@ -191,11 +190,10 @@ def rebuild(
         # the order the segments are met in, once (no pk bound: SQLite reads it from an index)
         pairs = series_pairs(conn, Batch(None, None, rebuild=True, since=start))
         write = staged.add if staged is not None else None
-        with _work_list_rebuilt(conn):
-            for first in range(int(lo), int(hi) + 1, batch):
-                chunk = Batch(first, min(first + batch - 1, int(hi)), rebuild=True, since=start)
-                total += _fold(conn, chunk, bucket_seconds, fine_bins, cap_of, pairs=pairs, write=write)[0]
-                mark_folded(conn, chunk)
+        for first in range(int(lo), int(hi) + 1, batch):
+            chunk = Batch(first, min(first + batch - 1, int(hi)), rebuild=True, since=start)
+            total += _fold(conn, chunk, bucket_seconds, fine_bins, cap_of, pairs=pairs, write=write)[0]
+            mark_folded(conn, chunk)
     if staged is not None:
         staged.merge()  # PostgreSQL: the buckets become the staged sums, touching only what differs
     while run := aggregate_pending(conn, bucket_seconds, fine_bins, batch, cap_of).rows:
@@ -206,32 +204,14 @@ def rebuild(
     return total
 
 
-@contextmanager
-def _work_list_rebuilt(conn: Connection) -> Iterator[None]:
-    """On SQLite, drop the fold's partial index while a rebuild marks every row, and build it again
-    after (one scan instead of a B-tree delete per row: a quarter of the marking). The rebuild holds
-    the write lock throughout, so nothing else writes meanwhile. PostgreSQL keeps it: dropping it
-    would lock out ingest for the whole rebuild."""
-    index = next(i for i in predictions.indexes if i.name == "ix_predictions_unaggregated")
-    if conn.dialect.name != "sqlite":
-        yield
-        return
-    index.drop(conn)
-    try:
-        yield
-    finally:
-        index.create(conn)
-
-
 def tidy_after_rebuild(engine: Engine) -> None:
-    """After a rebuild has committed, on PostgreSQL: vacuum and analyze the predictions. The rebuild
-    marked every row, leaving as many dead entries in the fold's partial index, which the model
-    endpoints' read of the work list would walk until autovacuum came by (90 ms at 10M rows instead of
-    under 15). Outside any transaction, as VACUUM must be."""
+    """After a rebuild has committed, on PostgreSQL: vacuum and analyze the work list. The rebuild
+    deleted its rows, leaving as many dead ones, which the model endpoints' read of the work list
+    would walk until autovacuum came by. Outside any transaction, as VACUUM must be."""
     if engine.dialect.name != "postgresql":
         return
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.exec_driver_sql("VACUUM (ANALYZE) predictions")
+        conn.exec_driver_sql("VACUUM (ANALYZE) fold_queue")
 
 
 def load_sketches(

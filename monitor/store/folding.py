@@ -4,8 +4,8 @@ The database selects a batch (a pk range, or the exact pks locked on PostgreSQL)
 (model, segment) to a small integer series id and hands back numbers only — series id, prediction
 time, raw and calibrated confidence, correctness as -1/0/1 and fold state — read straight into one
 NumPy array; the fold groups them with the sketch's own vectorised binning (``grouped_moments``);
-one ``UPDATE`` advances every row of the batch. No SQLAlchemy row, Python loop over rows or
-per-row statement is involved.
+one ``DELETE`` takes every row of the batch off the work list (``fold_queue``). No SQLAlchemy
+row, Python loop over rows or per-row statement is involved.
 
 Why the grouping is not a SQL ``GROUP BY``: written in SQL (``floor`` with exact edge literals for
 the uniform bins, a log formula for the tail, ``ln`` for the log-likelihood, ten sums) it matched
@@ -28,8 +28,6 @@ import numpy as np
 from numpy.typing import NDArray
 from sqlalchemy import Connection, text
 
-from monitor.store.schema import UNAGGREGATED
-
 __all__ = ["Batch", "Columns", "fetch_columns", "mark_folded", "series_pairs", "use_series"]
 
 _SERIES_TABLE = "calmon_fold_series"
@@ -39,10 +37,11 @@ _SERIES_TABLE = "calmon_fold_series"
 class Batch:
     """Which prediction rows one fold step reads, and whether it counts them as new.
 
-    ``pending``: the rows needing work with ``lo <= pk <= hi`` (SQLite, whose fold holds the write
-    lock: ``BEGIN IMMEDIATE``), or exactly ``pks`` (PostgreSQL, locked ``FOR UPDATE SKIP LOCKED``);
-    a row in state 1 adds only its label. ``rebuild``: every row with ``lo <= pk <= hi`` predicted
-    at or after ``since``, counted whole whatever its state (its buckets were just deleted).
+    ``pending``: the work list's rows (``fold_queue``) with ``lo <= pk <= hi`` (SQLite, whose fold
+    holds the write lock: ``BEGIN IMMEDIATE``), or exactly ``pks`` (PostgreSQL, locked ``FOR UPDATE
+    SKIP LOCKED``); a row not ``fresh`` adds only its label. ``rebuild``: every prediction with
+    ``lo <= pk <= hi`` predicted at or after ``since``, counted whole whatever its state (its
+    buckets were just deleted).
     """
 
     lo: int | None  # None (a rebuild): no pk bound, which lets SQLite read a covering index
@@ -55,15 +54,20 @@ class Batch:
     def pending(cls, pks: Sequence[int], exact: bool) -> Batch:
         return cls(int(pks[0]), int(pks[-1]), [int(k) for k in pks] if exact else None)
 
-    def where(self, table: str = "p") -> str:
-        needs = f"({UNAGGREGATED})"  # unqualified: no table joined to predictions has these columns
+    def source(self) -> str:
+        """The rows read: a pending batch's through its work-list rows, a rebuild's all of them."""
         if self.rebuild:
-            clauses = [f"{table}.pk BETWEEN :lo AND :hi"] if self.lo is not None else []
-            clauses += [f"{table}.ts >= :since"] if self.since is not None else []
+            return "predictions p"
+        return "fold_queue q JOIN predictions p ON p.pk = q.pk"
+
+    def where(self) -> str:
+        if self.rebuild:
+            clauses = ["p.pk BETWEEN :lo AND :hi"] if self.lo is not None else []
+            clauses += ["p.ts >= :since"] if self.since is not None else []
             return " AND ".join(clauses) or "1 = 1"
         if self.pks is not None:
-            return f"{table}.pk = ANY(:pks) AND {needs}"
-        return f"{table}.pk BETWEEN :lo AND :hi AND {needs}"
+            return "q.pk = ANY(:pks)"
+        return "q.pk BETWEEN :lo AND :hi"
 
     def params(self) -> dict[str, Any]:
         if self.pks is not None:
@@ -94,7 +98,7 @@ def series_pairs(conn: Connection, batch: Batch) -> list[tuple[str, str]]:
     """The batch's (model, segment) pairs in the order the fold meets them (first pk): the order
     ``store.segments`` registers new segments in."""
     query = text(
-        f"SELECT p.model, p.segment FROM predictions p WHERE {batch.where()} "
+        f"SELECT p.model, p.segment FROM {batch.source()} WHERE {batch.where()} "
         "GROUP BY p.model, p.segment ORDER BY MIN(p.pk)"
     )
     return [(r[0], r[1]) for r in conn.execute(query, batch.params())]
@@ -119,7 +123,7 @@ def use_series(conn: Connection, pairs: Sequence[tuple[str, str]]) -> None:
 
 def fetch_columns(conn: Connection, batch: Batch) -> Columns:
     """The batch's numbers, read into arrays (``use_series`` first)."""
-    fresh = "1" if batch.rebuild else "CASE WHEN p.agg_state = 0 THEN 1 ELSE 0 END"
+    fresh = "1" if batch.rebuild else "CASE WHEN q.fresh THEN 1 ELSE 0 END"
     correct = "CASE WHEN p.correct IS NULL THEN -1 WHEN p.correct THEN 1 ELSE 0 END"
     columns = ["s.id", "p.ts", "p.raw_confidence", "p.calibrated_confidence", correct, fresh]
     if conn.dialect.name == "postgresql":  # the binary COPY below reads fixed widths
@@ -128,7 +132,7 @@ def fetch_columns(conn: Connection, batch: Batch) -> Columns:
         ]
     query = (
         f"SELECT {', '.join(columns)} "
-        f"FROM predictions p JOIN {_SERIES_TABLE} s ON s.model = p.model AND s.segment = p.segment "
+        f"FROM {batch.source()} JOIN {_SERIES_TABLE} s ON s.model = p.model AND s.segment = p.segment "
         f"WHERE {batch.where()} ORDER BY p.pk"
     )
     if conn.dialect.name == "postgresql" and batch.pks is None:
@@ -204,13 +208,12 @@ def _plain_rows(conn: Connection, sql: str, params: dict[str, Any]) -> list[tupl
 
 
 def mark_folded(conn: Connection, batch: Batch) -> int:
-    """Advance every row of the batch that needed work in one statement (1: counted as a
-    prediction, 2: its label counted too); how many rows."""
-    where = batch.where("predictions")
-    if batch.rebuild:
-        where = f"{where} AND ({UNAGGREGATED})"
-    result = conn.execute(
-        text(f"UPDATE predictions SET agg_state = CASE WHEN correct IS NULL THEN 1 ELSE 2 END WHERE {where}"),
-        batch.params(),
-    )
-    return int(result.rowcount)
+    """Take the batch's rows off the work list in one statement; how many. A rebuild's range takes
+    off every row it counted: fresh ones and labels alike were counted whole."""
+    if not batch.rebuild:
+        where = "pk = ANY(:pks)" if batch.pks is not None else "pk BETWEEN :lo AND :hi"
+    elif batch.since is None:
+        where = "pk BETWEEN :lo AND :hi"
+    else:  # only rows predicted since then were counted
+        where = "pk IN (SELECT pk FROM predictions WHERE pk BETWEEN :lo AND :hi AND ts >= :since)"
+    return int(conn.execute(text(f"DELETE FROM fold_queue WHERE {where}"), batch.params()).rowcount)

@@ -291,19 +291,38 @@ def _conflict_row(
 # unnest() was measured on PostgreSQL: with a never-analysed table the planner chose a nested loop
 # rescanning the array per table row (2.2 s per 1000 labels at 50k rows) or a seq scan. psycopg 3
 # pipelines executemany, so the per-row form costs no extra round trips.
-_LABEL = {
-    "postgresql": "UPDATE predictions SET correct = %s, label = %s, labelled_at = %s "
-    "WHERE pk = %s AND correct IS NULL AND label IS NULL",
-    "sqlite": "UPDATE predictions SET correct = ?, label = ?, labelled_at = ? "
-    "WHERE pk = ? AND correct IS NULL AND label IS NULL",
-}
+#
+# A label with a correctness enters the fold's work list in the same statement, and only if this
+# statement set it (a label that lost the race would be counted twice). The upsert locks the row of
+# a prediction still queued, so that a fold (which skips locked rows) cannot count it without the
+# label before this commits; a fold holding it makes the upsert wait, then queue the label anew.
+_PG_LABEL = (
+    "WITH labelled AS (UPDATE predictions SET correct = %s, label = %s, labelled_at = %s "
+    "WHERE pk = %s AND correct IS NULL AND label IS NULL RETURNING pk, correct) "
+    "INSERT INTO fold_queue (pk, fresh) SELECT pk, false FROM labelled WHERE correct IS NOT NULL "
+    "ON CONFLICT (pk) DO UPDATE SET fresh = fold_queue.fresh"
+)
+# SQLite: writers are serialised, so the rows chosen under the write lock are the rows updated.
+_SQLITE_LABEL = (
+    "UPDATE predictions SET correct = ?, label = ?, labelled_at = ? "
+    "WHERE pk = ? AND correct IS NULL AND label IS NULL"
+)
+_SQLITE_QUEUE_LABEL = "INSERT INTO fold_queue (pk, fresh) VALUES (?, 0) ON CONFLICT (pk) DO NOTHING"
 
 
 def _apply_labels(conn: Connection, labels: Sequence[tuple[int, bool | None, str | None, float]]) -> None:
-    """Label still-unlabelled predictions by primary key (first label wins, also under races)."""
+    """Label still-unlabelled predictions by primary key (first label wins, also under races), and
+    queue the labels for the fold."""
     if not labels:
         return
-    conn.exec_driver_sql(_LABEL[conn.dialect.name], [(c, lab, t, pk) for pk, c, lab, t in labels])
+    rows = [(c, lab, t, pk) for pk, c, lab, t in labels]
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(_PG_LABEL, rows)
+        return
+    conn.exec_driver_sql(_SQLITE_LABEL, rows)
+    counted = [(pk,) for pk, c, _, _ in labels if c is not None]
+    if counted:
+        conn.exec_driver_sql(_SQLITE_QUEUE_LABEL, counted)
 
 
 def apply_feedback(

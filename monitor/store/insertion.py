@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 from sqlalchemy import Connection
 
-__all__ = ["PG_INSERT", "Columns", "insert_columns", "sqlite_insert"]
+__all__ = ["PG_INSERT", "Columns", "insert_columns", "queue_rows_after", "sqlite_insert"]
 
 _KINDS = frozenset({"confidence", "probs", "logits", "token_logprobs"})
 
@@ -22,12 +22,16 @@ _KINDS = frozenset({"confidence", "probs", "logits", "token_logprobs"})
 # batches: SQLAlchemy insertmanyvalues 72.8 ms, COPY into a temp table 15.9 ms, unnest 17.7 ms.
 # unnest is chosen: near COPY speed, stateless (no temp table; safe behind transaction poolers),
 # and RETURNING tells exactly which keys this transaction inserted when replicas race.
+# The rows inserted enter the fold's work list (``fold_queue``) in the same statement.
 PG_INSERT = (
-    "INSERT INTO predictions (model, prediction_id, segment, ts, input_kind, raw_confidence, predicted, "
-    "vector, calibrated_confidence, calibrator_version, received_at) SELECT * FROM unnest("
+    "WITH landed AS (INSERT INTO predictions (model, prediction_id, segment, ts, input_kind, "
+    "raw_confidence, predicted, vector, calibrated_confidence, calibrator_version, received_at) "
+    "SELECT * FROM unnest("
     "%s::text[], %s::text[], %s::text[], %s::float8[], %s::text[], %s::float8[], %s::text[], "
     "%s::bytea[], %s::float8[], %s::text[], %s::float8[]) "
-    "ON CONFLICT (model, prediction_id) DO NOTHING RETURNING model, prediction_id"
+    "ON CONFLICT (model, prediction_id) DO NOTHING RETURNING pk, model, prediction_id), "
+    "queued AS (INSERT INTO fold_queue (pk, fresh) SELECT pk, true FROM landed) "
+    "SELECT model, prediction_id FROM landed"
 )
 
 
@@ -62,6 +66,7 @@ def sqlite_insert(conn: Connection, columns: Columns, received_at: float) -> int
     n = len(c.model)
     dbapi = conn.connection.driver_connection
     assert dbapi is not None
+    last_pk = dbapi.execute("SELECT max(pk) FROM predictions").fetchone()[0] or 0
     before = dbapi.total_changes
     uniform = len(set(c.input_kind)) == 1 and len(set(c.version)) == 1
     absent_predicted, absent_vector = list(c.predicted).count(None), list(c.vector).count(None)
@@ -82,7 +87,22 @@ def sqlite_insert(conn: Connection, columns: Columns, received_at: float) -> int
         for (kind, version, no_predicted, no_vector), where in groups.items():
             statement = _statement(kind, version, no_predicted, no_vector, received_at)
             conn.exec_driver_sql(statement, _rows(c, where, no_predicted, no_vector))
-    return int(dbapi.total_changes - before)
+    inserted = int(dbapi.total_changes - before)
+    queue_rows_after(conn, last_pk)
+    return inserted
+
+
+def queue_rows_after(conn: Connection, last_pk: int) -> None:
+    """Put the predictions above ``last_pk`` on the fold's work list, as new. Only where writers are
+    serialised (SQLite's ``BEGIN IMMEDIATE``, a lone loader): a new rowid is above every stored one,
+    so the rows above the largest pk before an insert are exactly the ones it added. Concurrent
+    PostgreSQL writers take pks out of commit order: ``PG_INSERT`` queues what it inserted."""
+    conn.exec_driver_sql(
+        "INSERT INTO fold_queue (pk, fresh) SELECT pk, true FROM predictions WHERE pk > %s"
+        if conn.dialect.name == "postgresql"
+        else "INSERT INTO fold_queue (pk, fresh) SELECT pk, 1 FROM predictions WHERE pk > ?",
+        (last_pk,),
+    )
 
 
 def _rows(

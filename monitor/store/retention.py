@@ -29,10 +29,13 @@ __all__ = [
 def delete_folded_predictions(conn: Connection, before: float, limit: int) -> int:
     """Delete up to ``limit`` folded predictions made before ``before``; how many.
 
-    The delete checks again that each row is folded: on PostgreSQL a label committed after the
-    rows were chosen makes its row one the fold has yet to count (the label was answered as
-    applied), and the row stays for the fold; the next run deletes it."""
+    On PostgreSQL the rows chosen are locked first (skipping rows a feedback transaction holds), and
+    the delete, a statement later, checks again that each is off the work list: a label committed
+    before the lock queued its row for the fold (the label was answered as applied), and the row
+    stays; a label arriving after it waits, then finds no row and is parked as for an unknown id."""
     expired = select(predictions.c.pk).where(predictions.c.ts < before, ~needs_fold()).limit(limit)
+    if conn.dialect.name == "postgresql":
+        expired = expired.with_for_update(skip_locked=True)
     pks = [pk for (pk,) in conn.execute(expired)]
     if not pks:
         return 0

@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 from sqlalchemy import Connection, delete, func, select, text
 
-from monitor.store.schema import UNAGGREGATED, series_totals, sketch_bins
+from monitor.store.schema import series_totals, sketch_bins
 from monitor.vocabulary import Score
 
 __all__ = [
@@ -159,21 +159,16 @@ def read_totals(conn: Connection, model: str | None = None) -> list[tuple[str, S
 
 
 def unfolded_totals(conn: Connection, model: str | None = None) -> list[tuple[str, SegmentCounts]]:
-    """What the fold has not counted yet, per (model, raw segment): predictions in state 0, labels
-    of rows in state 0 or 1, read through the fold's partial index (cheap while the fold keeps up).
-    SQLite is told to use it: left alone it walks the whole (model, segment, ts) index to group
-    without sorting (0.2 s at 300k rows with an empty work list)."""
-    source = (
-        "predictions INDEXED BY ix_predictions_unaggregated"
-        if conn.dialect.name == "sqlite"
-        else "predictions"
-    )
+    """What the fold has not counted yet, per (model, raw segment): the fresh predictions of the work
+    list (``fold_queue``) and the labels of its rows, read from the work list outwards (cheap while
+    the fold keeps up)."""
     query = text(
-        "SELECT model, segment, SUM(CASE WHEN agg_state = 0 THEN 1 ELSE 0 END), "
-        "SUM(CASE WHEN correct IS NOT NULL THEN 1 ELSE 0 END), SUM(CASE WHEN correct THEN 1 ELSE 0 END), "
-        "SUM(CASE WHEN correct IS NOT NULL THEN raw_confidence ELSE 0.0 END), MIN(ts), MAX(ts) "
-        f"FROM {source} WHERE ({UNAGGREGATED})"
-        f"{' AND model = :model' if model is not None else ''} "
-        "GROUP BY model, segment"
+        "SELECT p.model, p.segment, SUM(CASE WHEN q.fresh THEN 1 ELSE 0 END), "
+        "SUM(CASE WHEN p.correct IS NOT NULL THEN 1 ELSE 0 END), "
+        "SUM(CASE WHEN p.correct THEN 1 ELSE 0 END), "
+        "SUM(CASE WHEN p.correct IS NOT NULL THEN p.raw_confidence ELSE 0.0 END), MIN(p.ts), MAX(p.ts) "
+        "FROM fold_queue q JOIN predictions p ON p.pk = q.pk"
+        f"{' WHERE p.model = :model' if model is not None else ''} "
+        "GROUP BY p.model, p.segment"
     )
     return _counts(conn.execute(query, {"model": model} if model else {}))

@@ -5,13 +5,13 @@ meanwhile."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import pytest
 from psycopg.errors import SerializationFailure
-from sqlalchemy import Connection, Engine, delete, event, func, select
+from sqlalchemy import Connection, Engine, delete, func, select
 from sqlalchemy.exc import OperationalError
 
 from monitor.calibration.sketch import MOMENTS, TAIL_BINS, Moment
@@ -25,7 +25,8 @@ from monitor.store.ingest import apply_feedback, insert_predictions
 from monitor.store.migrate import upgrade
 from monitor.store.records import FeedbackItem, PredictionRow
 from monitor.store.retention import delete_folded_predictions
-from monitor.store.schema import predictions, sketch_bins
+from monitor.store.schema import fold_queue, sketch_bins
+from tests.helpers import fold_states
 from tests.store.test_aggregates import BUCKET, FINE, direct, snapshot
 
 pytestmark = pytest.mark.postgres
@@ -108,7 +109,7 @@ def test_rows_and_labels_committed_during_a_rebuild_are_counted_once(
     late.close()
     drain(engine)  # p10 and p1's label, which the rebuild left to the fold
     with engine.connect() as conn:
-        states = dict(conn.execute(select(predictions.c.prediction_id, predictions.c.agg_state)).all())
+        states = fold_states(conn)
     assert states == {"p0": 1, "p1": 2, "p2": 1, "p10": 1, "p11": 1}
     equals_the_raw_rows(engine)
 
@@ -136,7 +137,7 @@ def test_a_label_for_a_row_the_rebuild_must_mark_fails_it_whole(
     assert isinstance(failed.value.orig, SerializationFailure)
     assert same_snapshot(snapshot(engine), before)
     with engine.connect() as conn:
-        assert conn.execute(select(func.count()).where(predictions.c.agg_state == 0)).scalar() == 1
+        assert conn.execute(select(func.count()).where(fold_queue.c.fresh)).scalar() == 1
 
     # the command says what happened and what to do
     monkeypatch.undo()
@@ -165,36 +166,35 @@ def same_snapshot(a: dict[tuple[object, ...], np.ndarray], b: dict[tuple[object,
     return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
-def test_retention_keeps_a_row_labelled_between_choosing_and_deleting_it(pg_engine: Engine) -> None:
-    """Retention chooses folded rows, then deletes them: a label applied in between makes the row
-    one the fold has yet to count, so it must stay (its label was acknowledged as applied)."""
+def test_retention_keeps_a_row_whose_label_is_being_applied(pg_engine: Engine) -> None:
+    """A label transaction holds p0 (labelled, queued for the fold, not committed) while retention
+    runs: p0 must stay (its label is answered as applied). Retention deleting it after the label
+    committed would lose the label: the delete's re-check of the work list runs in the statement's
+    snapshot, taken before the label committed. Retention skips rows another transaction holds."""
     engine = pg_engine
     with engine.begin() as conn:
         insert_predictions(conn, rows(0, 1), now=5000.0)
     drain(engine)  # both folded as predictions, unlabelled: both expired and deletable
-    labelled: list[str] = []
-
-    def label_p0_first(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if statement.startswith("DELETE FROM predictions") and not labelled:
-            labelled.append("p0")
-            with engine.begin() as other:
-                outcome = apply_feedback(other, [FeedbackItem("m", "p0", True, None)], now=6000.0)
-            assert outcome.statuses == ["matched"]
-
-    event.listen(engine, "before_cursor_execute", label_p0_first)
+    labelling = engine.connect()
+    transaction = labelling.begin()
+    outcome = apply_feedback(labelling, [FeedbackItem("m", "p0", True, None)], now=6000.0)
+    assert outcome.statuses == ["matched"]
+    commit_later = threading.Timer(1.0, transaction.commit)  # unblocks a retention that waits for p0
+    commit_later.start()
     try:
         with engine.begin() as conn:
-            assert delete_folded_predictions(conn, before=10_000.0, limit=100) == 1
+            deleted = delete_folded_predictions(conn, before=10_000.0, limit=100)
     finally:
-        event.remove(engine, "before_cursor_execute", label_p0_first)
-    assert labelled
+        commit_later.join()
+        labelling.close()
+    assert deleted == 1
     drain(engine)
     with engine.connect() as conn:
-        left = conn.execute(select(predictions.c.prediction_id, predictions.c.agg_state)).all()
+        left = fold_states(conn)
         counted = conn.execute(
             select(func.sum(sketch_bins.c.n_l)).where(sketch_bins.c.score == "raw", sketch_bins.c.bin < FINE)
         ).scalar()
-    assert [tuple(r) for r in left] == [("p0", 2)] and counted == 1
+    assert left == {"p0": 2} and counted == 1
 
 
 def test_a_bucket_another_fold_writes_during_a_rebuild_fails_it_whole(
@@ -226,4 +226,52 @@ def test_a_bucket_another_fold_writes_during_a_rebuild_fails_it_whole(
         conn.execute(delete(sketch_bins))
     with engine.begin() as conn:
         rebuild(conn, BUCKET, FINE)
+    equals_the_raw_rows(engine)
+
+
+def test_a_label_queued_while_a_fold_holds_its_row_is_counted_once(pg_engine: Engine) -> None:
+    """The fold has counted p0 without a label and not committed; the label's transaction waits for
+    it, then queues the label anew: the next fold counts it."""
+    engine = pg_engine
+    with engine.begin() as conn:
+        insert_predictions(conn, rows(0), now=5000.0)
+    folding = engine.connect()
+    transaction = folding.begin()
+    assert aggregate_pending(folding, BUCKET, FINE).rows == 1
+    statuses: list[list[str]] = []
+
+    def label() -> None:
+        with engine.begin() as conn:
+            statuses.append(apply_feedback(conn, [FeedbackItem("m", "p0", True, None)], now=6000.0).statuses)
+
+    labeller = threading.Thread(target=label)
+    labeller.start()
+    labeller.join(timeout=0.5)
+    assert labeller.is_alive()  # waiting for the fold
+    transaction.commit()
+    folding.close()
+    labeller.join()
+    assert statuses == [["matched"]]
+    drain(engine)
+    with engine.connect() as conn:
+        assert fold_states(conn) == {"p0": 2}
+    equals_the_raw_rows(engine)
+
+
+def test_a_fold_skips_a_row_whose_label_is_not_committed_yet(pg_engine: Engine) -> None:
+    """A label's transaction holds p0's work-list row until it commits: a fold meanwhile skips p0
+    rather than count it without the label it cannot see yet (and take it off the work list)."""
+    engine = pg_engine
+    with engine.begin() as conn:
+        insert_predictions(conn, rows(0, 1), now=5000.0)
+    labelling = engine.connect()
+    transaction = labelling.begin()
+    apply_feedback(labelling, [FeedbackItem("m", "p0", False, None)], now=6000.0)
+    with engine.begin() as conn:
+        assert aggregate_pending(conn, BUCKET, FINE).rows == 1  # p1 only
+    transaction.commit()
+    labelling.close()
+    drain(engine)
+    with engine.connect() as conn:
+        assert fold_states(conn) == {"p0": 2, "p1": 1}
     equals_the_raw_rows(engine)

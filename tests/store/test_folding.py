@@ -1,5 +1,5 @@
 """The fold's set-based statements: which rows a batch reads, the numbers it reads back, and the one
-statement that marks them folded — on both backends."""
+statement that takes them off the work list — on both backends."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from monitor.store.engine import create_store_engine
 from monitor.store.folding import Batch, Columns, fetch_columns, mark_folded, series_pairs, use_series
 from monitor.store.migrate import upgrade
 from monitor.store.schema import predictions
+from tests.helpers import fold_states, queue_as
 
 T0 = 1_800_000_000.0
 
@@ -32,17 +33,19 @@ def store(engine: Engine, rows: list[tuple[str, float, bool | None, int]]) -> in
                     "calibrated_confidence": p / 2,
                     "calibrator_version": "x",
                     "correct": correct,
-                    "agg_state": state,
                 }
-                for i, (segment, p, correct, state) in enumerate(rows)
+                for i, (segment, p, correct, _) in enumerate(rows)
             ],
         )
-        return int(conn.execute(select(func.min(predictions.c.pk))).scalar_one())
+        first = int(conn.execute(select(func.min(predictions.c.pk))).scalar_one())
+        queue_as(conn, {first + i: (state, correct) for i, (_, _, correct, state) in enumerate(rows)})
+        return first
 
 
 def states(engine: Engine) -> list[int]:
     with engine.connect() as conn:
-        return [r[0] for r in conn.execute(select(predictions.c.agg_state).order_by(predictions.c.pk))]
+        by_id = fold_states(conn)
+    return [by_id[f"i{i}"] for i in range(len(by_id))]
 
 
 def test_a_pending_batch_reads_and_marks_only_rows_needing_work(engine: Engine) -> None:

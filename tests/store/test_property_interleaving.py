@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, delete, select
 
-from monitor.store.schema import feedback_conflicts, pending_feedback, predictions
+from monitor.store.schema import feedback_conflicts, fold_queue, pending_feedback, predictions
 
 # A fixed world: each id has one prediction and one true feedback value; ids 5.. are never predicted.
 WORLD: dict[str, dict[str, Any]] = {
@@ -94,7 +94,7 @@ def test_any_interleaving_ends_in_the_same_state(
     client: TestClient, engine: Engine, schedule: list[list[tuple[str, str]]]
 ) -> None:
     with engine.begin() as conn:
-        for table in (predictions, pending_feedback, feedback_conflicts):
+        for table in (fold_queue, predictions, pending_feedback, feedback_conflicts):
             conn.execute(delete(table))
     for batch in schedule:
         send(client, batch)

@@ -11,7 +11,7 @@ from monitor.store.aggregates import rebuild
 from monitor.store.engine import create_store_engine
 from monitor.store.insertion import PG_INSERT
 from monitor.store.migrate import upgrade
-from monitor.store.schema import predictions, sketch_bins
+from monitor.store.schema import fold_queue, sketch_bins
 
 
 @pytest.mark.postgres
@@ -29,12 +29,12 @@ def test_a_rebuild_outlasts_the_statement_timeout(pg_url: str) -> None:
         conn.exec_driver_sql(PG_INSERT, columns)
     # Statements of that size under the timeout fail: the test can fail.
     with engine.begin() as conn, pytest.raises(Exception, match="statement timeout"):
-        conn.exec_driver_sql("UPDATE predictions SET agg_state = 1 WHERE pk > 0")
+        conn.exec_driver_sql("UPDATE predictions SET labelled_at = 1 WHERE pk > 0")
     with engine.begin() as conn:
         assert rebuild(conn, 3600, 120, hour_bins=15) == n
     with engine.connect() as conn:
         conn.exec_driver_sql("SET statement_timeout = 0")  # the checks scan 200k rows and their dead versions
         counted = conn.execute(select(func.sum(sketch_bins.c.n)).where(sketch_bins.c.bin < 120)).scalar()
-        folded = conn.execute(select(func.count()).where(predictions.c.agg_state == 1)).scalar()
-    assert folded == n and counted == 2 * n  # each prediction under its raw and its calibrated score
+        queued = conn.execute(select(func.count()).select_from(fold_queue)).scalar()
+    assert queued == 0 and counted == 2 * n  # each prediction under its raw and its calibrated score
     engine.dispose()
