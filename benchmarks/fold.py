@@ -20,6 +20,7 @@ the 10M-row store takes minutes to insert per backend).
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -264,6 +265,7 @@ def main() -> int:
     finally:
         if cluster is not None:
             cluster.destroy()
+        shutil.rmtree(workdir, ignore_errors=True)  # a 10M-row store is ~2 GB
     report = (
         f"### Fold ({time.strftime('%Y-%m-%d')}): bucket_seconds={BUCKET}, fine_bins={FINE}\n\n"
         f"Machine: {machine()}\n\n" + "\n".join(lines)

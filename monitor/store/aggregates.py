@@ -66,14 +66,15 @@ def aggregate_pending(
     ``evidence_bins``, the new labels' sums and bets (at ``tolerance_of(model)``) are also appended
     for the drift detectors (``store.evidence``) — never on a rebuild, whose labels were bet on when
     first folded. With ``hour_bins``, the hourly rollup too (``store.history``)."""
-    query = select(fold_queue.c.pk).order_by(fold_queue.c.pk).limit(limit)
+    query = select(fold_queue.c.pk, fold_queue.c.fresh).order_by(fold_queue.c.pk).limit(limit)
     postgres = conn.dialect.name == "postgresql"
     if postgres:
         query = query.with_for_update(skip_locked=True)
-    pks = conn.execute(query).scalars().all()
-    if not pks:
+    queued = conn.execute(query).all()
+    if not queued:
         return AggregationRun(0, [])
-    batch = Batch.pending(pks, exact=postgres)
+    pks = [pk for pk, _ in queued]
+    batch = Batch.pending(pks, exact=postgres, fresh=[pk for pk, fresh in queued if fresh])
     _, deltas = _fold(conn, batch, bucket_seconds, fine_bins, cap_of, evidence_bins, tolerance_of)
     if hour_bins is not None:
         fold_hours(

@@ -49,16 +49,24 @@ class Batch:
     pks: list[int] | None = None
     rebuild: bool = False
     since: float | None = None
+    fresh: frozenset[int] = frozenset()  # of ``pks``: those whose prediction is not counted yet
 
     @classmethod
-    def pending(cls, pks: Sequence[int], exact: bool) -> Batch:
-        return cls(int(pks[0]), int(pks[-1]), [int(k) for k in pks] if exact else None)
+    def pending(cls, pks: Sequence[int], exact: bool, fresh: Sequence[int] = ()) -> Batch:
+        """``fresh``: with ``exact``, the pks whose work-list row says so (read with the lock)."""
+        if not exact:
+            return cls(int(pks[0]), int(pks[-1]))
+        return cls(int(pks[0]), int(pks[-1]), [int(k) for k in pks], fresh=frozenset(int(k) for k in fresh))
 
     def source(self) -> str:
-        """The rows read: a pending batch's through its work-list rows, a rebuild's all of them."""
-        if self.rebuild:
+        """The rows read. A pending range's from its work-list rows outwards (``CROSS JOIN`` keeps
+        SQLite to that order: left to choose, it scanned every prediction of the range, which spans
+        the earlier rows a label queued). Exact pks and a rebuild's ranges: the predictions alone
+        (joined to the work list, PostgreSQL at times read every prediction through the series
+        table and sorted them: 5 s instead of 0.4 s per tick at 2M rows)."""
+        if self.rebuild or self.pks is not None:
             return "predictions p"
-        return "fold_queue q JOIN predictions p ON p.pk = q.pk"
+        return "fold_queue q CROSS JOIN predictions p"
 
     def where(self) -> str:
         if self.rebuild:
@@ -66,8 +74,8 @@ class Batch:
             clauses += ["p.ts >= :since"] if self.since is not None else []
             return " AND ".join(clauses) or "1 = 1"
         if self.pks is not None:
-            return "q.pk = ANY(:pks)"
-        return "q.pk BETWEEN :lo AND :hi"
+            return "p.pk = ANY(:pks)"
+        return "p.pk = q.pk AND q.pk BETWEEN :lo AND :hi"
 
     def params(self) -> dict[str, Any]:
         if self.pks is not None:
@@ -123,6 +131,8 @@ def use_series(conn: Connection, pairs: Sequence[tuple[str, str]]) -> None:
 
 def fetch_columns(conn: Connection, batch: Batch) -> Columns:
     """The batch's numbers, read into arrays (``use_series`` first)."""
+    if batch.pks is not None:
+        return _exact_columns(conn, batch)
     fresh = "1" if batch.rebuild else "CASE WHEN q.fresh THEN 1 ELSE 0 END"
     correct = "CASE WHEN p.correct IS NULL THEN -1 WHEN p.correct THEN 1 ELSE 0 END"
     columns = ["s.id", "p.ts", "p.raw_confidence", "p.calibrated_confidence", correct, fresh]
@@ -135,7 +145,7 @@ def fetch_columns(conn: Connection, batch: Batch) -> Columns:
         f"FROM {batch.source()} JOIN {_SERIES_TABLE} s ON s.model = p.model AND s.segment = p.segment "
         f"WHERE {batch.where()} ORDER BY p.pk"
     )
-    if conn.dialect.name == "postgresql" and batch.pks is None:
+    if conn.dialect.name == "postgresql":
         copied = _copied_rows(conn, query, batch.params())
         return Columns(
             copied["series"].astype(np.int64),
@@ -154,6 +164,32 @@ def fetch_columns(conn: Connection, batch: Batch) -> Columns:
         values[:, 3].copy(),
         values[:, 4].copy(),
         values[:, 5] == 1.0,
+    )
+
+
+def _exact_columns(conn: Connection, batch: Batch) -> Columns:
+    """A batch of exact pks (PostgreSQL's tick, at most a fold's limit): the predictions by pk alone,
+    the series ids mapped here. Joined in SQL to the series table, PostgreSQL at times drove the
+    join from that (unanalysed) table through every prediction of each series, testing each against
+    the array: a statement timeout at 2M rows instead of 0.4 s."""
+    numbered = conn.exec_driver_sql(f"SELECT model, segment, id FROM {_SERIES_TABLE}")
+    series = {(m, s): i for m, s, i in numbered}
+    correct = "CASE WHEN p.correct IS NULL THEN -1 WHEN p.correct THEN 1 ELSE 0 END"
+    query = (
+        f"SELECT p.model, p.segment, p.pk, p.ts, p.raw_confidence, p.calibrated_confidence, {correct} "
+        f"FROM {batch.source()} WHERE {batch.where()} ORDER BY p.pk"
+    )
+    rows = _plain_rows(conn, query, batch.params())
+    ids = np.fromiter((series[(r[0], r[1])] for r in rows), np.int64, len(rows))
+    values = np.array([r[2:] for r in rows], dtype=np.float64).reshape(len(rows), 5)
+    fresh = np.fromiter(batch.fresh, np.int64, len(batch.fresh))
+    return Columns(
+        ids,
+        values[:, 1].copy(),
+        values[:, 2].copy(),
+        values[:, 3].copy(),
+        values[:, 4].copy(),
+        np.isin(values[:, 0].astype(np.int64), fresh),
     )
 
 

@@ -161,14 +161,16 @@ def read_totals(conn: Connection, model: str | None = None) -> list[tuple[str, S
 def unfolded_totals(conn: Connection, model: str | None = None) -> list[tuple[str, SegmentCounts]]:
     """What the fold has not counted yet, per (model, raw segment): the fresh predictions of the work
     list (``fold_queue``) and the labels of its rows, read from the work list outwards (cheap while
-    the fold keeps up)."""
+    the fold keeps up). ``CROSS JOIN`` makes SQLite keep that order: left to choose, it walked the
+    whole ``(model, segment, ts)`` index to group without sorting, probing the work list per row
+    (754 ms at 10M rows with an empty work list)."""
     query = text(
         "SELECT p.model, p.segment, SUM(CASE WHEN q.fresh THEN 1 ELSE 0 END), "
         "SUM(CASE WHEN p.correct IS NOT NULL THEN 1 ELSE 0 END), "
         "SUM(CASE WHEN p.correct THEN 1 ELSE 0 END), "
         "SUM(CASE WHEN p.correct IS NOT NULL THEN p.raw_confidence ELSE 0.0 END), MIN(p.ts), MAX(p.ts) "
-        "FROM fold_queue q JOIN predictions p ON p.pk = q.pk"
-        f"{' WHERE p.model = :model' if model is not None else ''} "
+        "FROM fold_queue q CROSS JOIN predictions p WHERE p.pk = q.pk"
+        f"{' AND p.model = :model' if model is not None else ''} "
         "GROUP BY p.model, p.segment"
     )
     return _counts(conn.execute(query, {"model": model} if model else {}))

@@ -10,7 +10,7 @@ from sqlalchemy import Engine, func, insert, select
 from monitor.store.engine import create_store_engine
 from monitor.store.folding import Batch, Columns, fetch_columns, mark_folded, series_pairs, use_series
 from monitor.store.migrate import upgrade
-from monitor.store.schema import predictions
+from monitor.store.schema import fold_queue, predictions
 from tests.helpers import fold_states, queue_as
 
 T0 = 1_800_000_000.0
@@ -56,7 +56,8 @@ def test_a_pending_batch_reads_and_marks_only_rows_needing_work(engine: Engine) 
     )  # fmt: skip
     postgres = engine.dialect.name == "postgresql"
     with engine.begin() as conn:
-        batch = Batch.pending([first, first + 1, first + 4], exact=postgres)
+        # exact pks come with the fresh ones among them, as the fold reads them off the work list
+        batch = Batch.pending([first, first + 1, first + 4], exact=postgres, fresh=[first, first + 1])
         pairs = series_pairs(conn, batch)
         assert pairs == [("m", "b"), ("m", "a")]  # in the order the fold meets them
         use_series(conn, pairs)
@@ -104,7 +105,9 @@ def test_on_postgresql_a_pk_range_read_by_binary_copy_equals_the_row_by_row_read
             ranged = Batch.pending(pks, exact=False)
             use_series(conn, series_pairs(conn, ranged))
             copied = fetch_columns(conn, ranged)
-            exact = fetch_columns(conn, Batch.pending(pks, exact=True))
+            queued = conn.execute(select(fold_queue.c.pk, fold_queue.c.fresh).order_by(fold_queue.c.pk)).all()
+            listed = Batch.pending([k for k, _ in queued], exact=True, fresh=[k for k, f in queued if f])
+            exact = fetch_columns(conn, listed)
             empty = fetch_columns(conn, Batch(first + n, first + 2 * n))
         assert 0 < copied.size < n  # only the rows needing work, read both ways
         for name in Columns.__dataclass_fields__:
