@@ -1,8 +1,9 @@
 """Where a rebuild's time goes on PostgreSQL (issue 16, part 1): the same store as ``fold.py``
 (``--rows`` raw predictions, 10 models x 5 segments over 7 days, half labelled), rebuilt twice, the
 first time folding the raw backlog (emptying its work list: ``mark_folded``), the second time
-recomputing the folded store; each time split by the store functions the rebuild calls (wall seconds spent inside
-each, measured by wrapping them), and the merge of the staged bucket rows by statement.
+recomputing the folded store; each time split by the store functions the rebuild calls (wall
+seconds spent inside each, measured by wrapping them), and the merge of the staged bucket rows by
+statement.
 
 Run: ``python benchmarks/rebuild_split.py --rows 10000000`` (a durable throwaway cluster; add
 ``--server-option`` pairs, e.g. ``--server-option shared_buffers=2GB``, to try a server's settings).

@@ -83,3 +83,54 @@ def test_the_totals_migration_counts_the_buckets_already_folded(db_url: str) -> 
     assert (found.predictions, found.labelled, found.correct) == (10.0, 8.0, 6.0)
     assert found.confidence_sum_labelled == pytest.approx(3.2)
     assert (found.first_ts, found.last_ts) == (600.0, 900.0)
+
+
+def test_the_work_list_migration_carries_the_fold_state_both_ways(db_url: str) -> None:
+    """0012 moves the fold state out of the prediction rows: state 0 becomes a fresh work-list row,
+    state 1 with a label a label-only one, the rest nothing; its downgrade puts the states back."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from monitor.store.engine import create_store_engine
+    from monitor.store.migrate import MIGRATIONS
+
+    engine = create_store_engine(db_url)
+    states = {"new": (0, None), "new-labelled": (0, True), "counted": (1, None), "label-queued": (1, False),
+              "all-counted": (2, True)}  # fmt: skip
+    try:
+        with engine.begin() as conn:
+            metadata.drop_all(conn)
+            conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
+        upgrade(engine, "0011")
+        with engine.begin() as conn:
+            for pid, (state, correct) in states.items():
+                conn.execute(
+                    text(
+                        "INSERT INTO predictions (model, prediction_id, segment, ts, received_at, "
+                        "input_kind, raw_confidence, calibrated_confidence, calibrator_version, correct, "
+                        "agg_state) "
+                        "VALUES ('m', :pid, 's', 1.0, 1.0, 'confidence', 0.5, 0.5, 'x', :correct, :state)"
+                    ),
+                    {"pid": pid, "correct": correct, "state": state},
+                )
+        upgrade(engine)
+        with engine.connect() as conn:
+            queued = dict(
+                conn.execute(
+                    text(
+                        "SELECT p.prediction_id, q.fresh FROM fold_queue q JOIN predictions p ON p.pk = q.pk"
+                    )
+                ).all()
+            )
+        assert queued == {"new": True, "new-labelled": True, "label-queued": False}
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0011")
+        with engine.connect() as conn:
+            back = dict(conn.execute(text("SELECT prediction_id, agg_state FROM predictions")).all())
+        assert back == {pid: state for pid, (state, _) in states.items()}
+    finally:
+        engine.dispose()
