@@ -231,17 +231,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from monitor.logsetup import configure_logging
 
     configure_logging(settings.logging.level, settings.logging.format)
-    from sqlalchemy.exc import InterfaceError, OperationalError
-
     from monitor.config import mask_url
+    from monitor.store.engine import UNAVAILABLE
 
     try:
         code: int = args.func(args, settings)
     except SchemaError as exc:
         print(f"calmon: {exc}", file=sys.stderr)
         return 2
-    except (OperationalError, InterfaceError) as exc:
-        reason = str(exc.orig if exc.orig is not None else exc).strip().splitlines()[0]
+    except UNAVAILABLE as exc:
+        cause = getattr(exc, "orig", None)  # SQLAlchemy's wrapper: the driver's message
+        reason = (str(cause if cause is not None else exc).strip().splitlines() or [type(exc).__name__])[0]
         where = mask_url(settings.url())
         print(
             f"calmon: cannot reach the database {where} (database_url, --database-url): {reason}",

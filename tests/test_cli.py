@@ -71,3 +71,23 @@ def test_an_unknown_verb_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
     with pytest.raises(SystemExit) as exited:
         main(["frobnicate"])
     assert exited.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_a_driver_error_from_a_command_is_one_line_naming_the_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Commands that work through the driver's own cursor (``calmon import``) meet its errors
+    unwrapped by SQLAlchemy: the same one line as an unreachable database, not a traceback."""
+    import psycopg
+
+    from monitor import cli
+
+    def cancelled(args: object, settings: object) -> int:
+        raise psycopg.errors.QueryCanceled("canceling statement due to statement timeout")
+
+    monkeypatch.setattr(cli, "_import", cancelled)
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    assert main(["import", "--input", str(tmp_path / "h.parquet"), "--database-url", url]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "cannot reach the database" in lines[0], lines
+    assert "statement timeout" in lines[0]

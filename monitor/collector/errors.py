@@ -17,14 +17,13 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.responses import JSONResponse as StarletteJSONResponse
 from starlette.responses import Response
 
 from monitor.collector.auth import AuthError
 from monitor.collector.schemas import CONFIDENCE_FIELDS, Rejection
 from monitor.collector.validation import BatchError
+from monitor.store.engine import UNAVAILABLE
 from monitor.telemetry import ServiceMetrics
 
 __all__ = [
@@ -42,7 +41,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("calmon.collector")
-STORE_DOWN = (OperationalError, InterfaceError, PoolTimeoutError)
+STORE_DOWN = UNAVAILABLE  # the drivers' own errors included (``store.engine``)
 
 
 class ApiError(Exception):

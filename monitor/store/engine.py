@@ -11,15 +11,31 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+import psycopg
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from monitor.config import DatabaseConfig
 
-__all__ = ["READ_ONLY", "create_store_engine", "ping"]
+__all__ = ["READ_ONLY", "UNAVAILABLE", "create_store_engine", "ping"]
 
 READ_ONLY = {"calmon_read_only": True}
+
+# What a database that is down, stalled or cancelling statements raises: SQLAlchemy's wrapped
+# errors, an exhausted pool, and the drivers' own, which the store meets where it works through
+# the driver's cursor (``store.ingest``, ``store.folding``: SQLAlchemy does not wrap those). A
+# statement PostgreSQL cancels (its statement timeout) is a ``psycopg.OperationalError``.
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    OperationalError,
+    InterfaceError,
+    PoolTimeoutError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    sqlite3.OperationalError,
+)
 
 
 def ping(engine: Engine) -> None:
