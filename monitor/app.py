@@ -20,7 +20,6 @@ import uvicorn
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 import monitor.charts as charts
 from monitor.collector.api import create_app
@@ -33,7 +32,7 @@ from monitor.lease import LeaderLease
 from monitor.notify import Notifier
 from monitor.recalibration.service import RecalibrationQueue, Recalibrator
 from monitor.scheduler import Scheduler, SnapshotPublisher, default_instance_id
-from monitor.store.engine import create_store_engine
+from monitor.store.engine import UNAVAILABLE, create_store_engine, unavailable_reason
 from monitor.store.migrate import upgrade
 from monitor.telemetry import BinnedCounters, ServiceMetrics
 from monitor.web import pages as status_pages
@@ -184,8 +183,8 @@ def _bind(settings: Settings) -> socket.socket:
 def _build_or_explain(settings: Settings) -> Daemon:
     try:
         return build(settings)
-    except (OperationalError, InterfaceError) as exc:
-        reason = str(exc.orig if exc.orig is not None else exc).strip().splitlines()[0]
+    except UNAVAILABLE as exc:
+        reason = unavailable_reason(exc)
         raise StartupError(
             f"cannot reach the database {mask_url(settings.url())} (database_url, --database-url): {reason}"
         ) from None

@@ -232,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     configure_logging(settings.logging.level, settings.logging.format)
     from monitor.config import mask_url
-    from monitor.store.engine import UNAVAILABLE
+    from monitor.store.engine import UNAVAILABLE, unavailable_reason
 
     try:
         code: int = args.func(args, settings)
@@ -240,8 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"calmon: {exc}", file=sys.stderr)
         return 2
     except UNAVAILABLE as exc:
-        cause = getattr(exc, "orig", None)  # SQLAlchemy's wrapper: the driver's message
-        reason = (str(cause if cause is not None else exc).strip().splitlines() or [type(exc).__name__])[0]
+        reason = unavailable_reason(exc)
         where = mask_url(settings.url())
         print(
             f"calmon: cannot reach the database {where} (database_url, --database-url): {reason}",

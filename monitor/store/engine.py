@@ -20,7 +20,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from monitor.config import DatabaseConfig
 
-__all__ = ["READ_ONLY", "UNAVAILABLE", "create_store_engine", "ping"]
+__all__ = ["READ_ONLY", "UNAVAILABLE", "create_store_engine", "ping", "unavailable_reason"]
 
 READ_ONLY = {"calmon_read_only": True}
 
@@ -36,6 +36,14 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
     psycopg.InterfaceError,
     sqlite3.OperationalError,
 )
+
+
+def unavailable_reason(exc: BaseException) -> str:
+    """The first line of the driver's message for one of ``UNAVAILABLE`` (SQLAlchemy's wrapper
+    carries it as ``orig``): what the one-line startup and command errors print."""
+    cause = getattr(exc, "orig", None)
+    lines = str(cause if cause is not None else exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def ping(engine: Engine) -> None:
