@@ -18,10 +18,10 @@ from tests.helpers import post_feedback, post_predictions, pred
 def test_feedback_waiting_past_the_statement_timeout_gets_503_and_changes_nothing(pg_url: str) -> None:
     """Another transaction holds the prediction's row: the feedback's locking lookup (a driver
     cursor) waits until PostgreSQL cancels it."""
-    database = DatabaseConfig(statement_timeout_seconds=0.3)
+    database = DatabaseConfig(statement_timeout_seconds=1.0)
     engine = create_store_engine(pg_url, database)
     upgrade(engine)
-    settings = load_settings(None, database_url=pg_url, database={"statement_timeout_seconds": 0.3})
+    settings = load_settings(None, database_url=pg_url, database={"statement_timeout_seconds": 1.0})
     holder = engine.connect()
     try:
         with TestClient(create_app(settings, engine)) as client:
