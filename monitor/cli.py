@@ -95,6 +95,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="recompute every bucket, also before the retention cutoff (drops history without raw rows)",
     )
+    rebuild.add_argument(
+        "--attempts",
+        type=_positive_int,
+        default=3,
+        help="runs to try on PostgreSQL when live ingest changes what the rebuild read (each changes "
+        "nothing unless it completes)",
+    )
     recal = verb("recalibrate", _recalibrate, "fit, gate and promote (or refuse) a calibrator now")
     recal.add_argument("model", help="the model to recalibrate")
     recal.add_argument("--segment", default=MODEL_WIDE, help="a segment, or * for the model-wide calibrator")
@@ -186,6 +193,16 @@ def _positive(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number: {text}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
     return value
 
 
@@ -299,27 +316,32 @@ def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
 
     since = None if args.all else time.time() - settings.retention.raw_days * 86400
     with _migrated_engine(settings) as engine:
-        try:
-            with engine.begin() as conn:
-                rows = rebuild(
-                    conn,
-                    settings.evaluation.bucket_seconds,
-                    settings.evaluation.fine_bins,
-                    since=since,
-                    cap_of=settings.max_segments_for,
-                    hour_bins=settings.evaluation.ece_bins,
+        attempt = 1
+        while True:
+            try:
+                with engine.begin() as conn:
+                    rows = rebuild(
+                        conn,
+                        settings.evaluation.bucket_seconds,
+                        settings.evaluation.fine_bins,
+                        since=since,
+                        cap_of=settings.max_segments_for,
+                        hour_bins=settings.evaluation.ece_bins,
+                    )
+                break
+            except Exception as exc:  # SQLAlchemy's wrapper, or the driver's own from a COPY cursor
+                cause = getattr(exc, "orig", None) or exc
+                if getattr(cause, "sqlstate", None) not in _CONCURRENT_CHANGE:
+                    raise
+                what = (
+                    "calmon: rows, labels or buckets the rebuild had to write changed while the rebuild "
+                    f"ran ({str(cause).strip().splitlines()[0]}); nothing was changed"
                 )
-        except Exception as exc:  # SQLAlchemy's wrapper, or the driver's own from a COPY cursor
-            cause = getattr(exc, "orig", None) or exc
-            if getattr(cause, "sqlstate", None) not in _CONCURRENT_CHANGE:
-                raise
-            print(
-                "calmon: rows, labels or buckets the rebuild had to write changed while the rebuild ran "
-                f"({str(cause).strip().splitlines()[0]}); nothing was changed: run it again, or stop "
-                "the daemons' ingest while it runs",
-                file=sys.stderr,
-            )
-            return 1
+                if attempt >= args.attempts:
+                    print(f"{what}: run it again, or stop the daemons' ingest while it runs", file=sys.stderr)
+                    return 1
+                attempt += 1
+                print(f"{what}; trying again ({attempt} of {args.attempts})", file=sys.stderr)
         tidy_after_rebuild(engine)
     where = "" if since is None else f" newer than {datetime.fromtimestamp(since, UTC):%Y-%m-%d %H:%M} UTC"
     print(f"rebuilt sketch buckets from {rows} prediction rows{where}")
