@@ -85,22 +85,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (default: the config's host, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default: the config's port, 8000)")
     verb("check-config", _check_config, "validate and print the effective configuration, secrets masked")
-    rebuild = verb(
-        "rebuild-aggregates",
-        _rebuild,
-        "recompute the sketch buckets from raw rows (those newer than retention.raw_days)",
-    )
-    rebuild.add_argument(
-        "--all",
-        action="store_true",
-        help="recompute every bucket, also before the retention cutoff (drops history without raw rows)",
-    )
-    rebuild.add_argument(
-        "--attempts",
-        type=_positive_int,
-        default=3,
-        help="runs to try on PostgreSQL when live ingest changes what the rebuild read (each changes "
-        "nothing unless it completes)",
+    _rebuild_options(
+        verb(
+            "rebuild-aggregates",
+            _rebuild,
+            "recompute the sketch buckets from raw rows (those newer than retention.raw_days)",
+        )
     )
     recal = verb("recalibrate", _recalibrate, "fit, gate and promote (or refuse) a calibrator now")
     recal.add_argument("model", help="the model to recalibrate")
@@ -159,6 +149,21 @@ def _demo_options(demo: argparse.ArgumentParser) -> None:
     demo.add_argument("--token", help="bearer token for --url (default: $CALMON_TOKEN)")
     demo.add_argument("--port", type=int, help="port of the started daemon (default: a free one)")
     demo.add_argument("--exit", action="store_true", help="stop when the story is told (default: keep going)")
+
+
+def _rebuild_options(rebuild: argparse.ArgumentParser) -> None:
+    rebuild.add_argument(
+        "--all",
+        action="store_true",
+        help="recompute every bucket, also before the retention cutoff (drops history without raw rows)",
+    )
+    rebuild.add_argument(
+        "--attempts",
+        type=_positive_int,
+        default=3,
+        help="runs to try on PostgreSQL when live ingest changes what the rebuild read (each changes "
+        "nothing unless it completes)",
+    )
 
 
 def _import_options(imp: argparse.ArgumentParser) -> None:
