@@ -28,7 +28,7 @@ from monitor.app import build  # noqa: E402
 from monitor.calibration import metrics as core  # noqa: E402
 from monitor.config import load_settings  # noqa: E402
 from monitor.store.engine import create_store_engine  # noqa: E402
-from monitor.store.insertion import queue_rows_after  # noqa: E402
+from monitor.store.insertion import largest_pk, queue_rows_after  # noqa: E402
 from monitor.store.migrate import upgrade  # noqa: E402
 from tests.support.daemon import Daemon  # noqa: E402
 
@@ -68,7 +68,7 @@ def populate(url: str, rows: int, now: float, chunk: int = 200_000) -> float:
             for i in range(n)
         ]
         with engine.begin() as conn:
-            last = conn.exec_driver_sql("SELECT coalesce(max(pk), 0) FROM predictions").scalar_one()
+            last = largest_pk(conn)
             conn.exec_driver_sql(INSERT, data)
             queue_rows_after(conn, last)  # on the fold's work list, as ingest puts them
     engine.dispose()
@@ -144,7 +144,7 @@ def main() -> int:
             for i in range(1000)
         ]
         with engine.begin() as conn:
-            last = conn.exec_driver_sql("SELECT coalesce(max(pk), 0) FROM predictions").scalar_one()
+            last = largest_pk(conn)
             conn.exec_driver_sql(INSERT, extra)
             queue_rows_after(conn, last)  # on the fold's work list, as ingest puts them
         ticks = []

@@ -22,7 +22,7 @@ from benchmarks.ingest import machine, write_section  # noqa: E402
 from monitor.config import load_settings  # noqa: E402
 from monitor.recalibration.job import recalibrate  # noqa: E402
 from monitor.store.engine import create_store_engine  # noqa: E402
-from monitor.store.insertion import queue_rows_after  # noqa: E402
+from monitor.store.insertion import largest_pk, queue_rows_after  # noqa: E402
 from monitor.store.migrate import upgrade  # noqa: E402
 
 INSERT = (
@@ -47,7 +47,7 @@ def populate(url: str, rows: int, now: float) -> None:
             for i in range(start, end)
         ]
         with engine.begin() as conn:
-            last = conn.exec_driver_sql("SELECT coalesce(max(pk), 0) FROM predictions").scalar_one()
+            last = largest_pk(conn)
             conn.exec_driver_sql(INSERT, data)
             queue_rows_after(conn, last)  # on the fold's work list, as ingest puts them
     engine.dispose()

@@ -5,7 +5,9 @@ The database selects a batch (a pk range, or the exact pks locked on PostgreSQL)
 time, raw and calibrated confidence, correctness as -1/0/1 and fold state — read straight into one
 NumPy array; the fold groups them with the sketch's own vectorised binning (``grouped_moments``);
 one ``DELETE`` takes every row of the batch off the work list (``fold_queue``). No SQLAlchemy
-row, Python loop over rows or per-row statement is involved.
+row or per-row statement is involved. The one exception: PostgreSQL's exact pks (a tick, at most a
+fold's limit) come back with their (model, segment), mapped to series ids in Python
+(``_exact_columns`` says why).
 
 Why the grouping is not a SQL ``GROUP BY``: written in SQL (``floor`` with exact edge literals for
 the uniform bins, a log formula for the tail, ``ln`` for the log-likelihood, ten sums) it matched

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from monitor.store.insertion import PG_INSERT, Columns, sqlite_insert
+from monitor.store.insertion import PG_INSERT, Columns, largest_pk, sqlite_insert
 from monitor.store.records import (
     FeedbackItem,
     FeedbackOutcome,
@@ -132,8 +132,8 @@ def _insert_new(conn: Connection, rows: Sequence[PredictionRow], now: float) -> 
         return set()
     keys = {(r.model, r.prediction_id) for r in rows}
     if conn.dialect.name == "sqlite":
-        last_pk = conn.exec_driver_sql("SELECT max(pk) FROM predictions").scalar() or 0
-        if sqlite_insert(conn, Columns(*zip(*rows, strict=True)), now) == len(rows):
+        last_pk = largest_pk(conn)
+        if sqlite_insert(conn, Columns(*zip(*rows, strict=True)), now, last_pk) == len(rows):
             return keys
         found = _lookup(conn, list(keys), ["pk"])
         return {key for key, (pk,) in found.items() if pk > last_pk}

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 from sqlalchemy import Connection
 
-__all__ = ["PG_INSERT", "Columns", "insert_columns", "queue_rows_after", "sqlite_insert"]
+__all__ = ["PG_INSERT", "Columns", "insert_columns", "largest_pk", "queue_rows_after", "sqlite_insert"]
 
 _KINDS = frozenset({"confidence", "probs", "logits", "token_logprobs"})
 
@@ -60,13 +60,15 @@ def insert_columns(conn: Connection, columns: Columns, received_at: float) -> in
     return sqlite_insert(conn, columns, received_at)
 
 
-def sqlite_insert(conn: Connection, columns: Columns, received_at: float) -> int:
-    """SQLite's ``insert_columns``: one statement per group of rows alike in their literals."""
+def sqlite_insert(conn: Connection, columns: Columns, received_at: float, last_pk: int | None = None) -> int:
+    """SQLite's ``insert_columns``: one statement per group of rows alike in their literals.
+    ``last_pk``: the largest pk before the insert, if the caller has read it already."""
     c = columns
     n = len(c.model)
     dbapi = conn.connection.driver_connection
     assert dbapi is not None
-    last_pk = dbapi.execute("SELECT max(pk) FROM predictions").fetchone()[0] or 0
+    if last_pk is None:
+        last_pk = largest_pk(conn)
     before = dbapi.total_changes
     uniform = len(set(c.input_kind)) == 1 and len(set(c.version)) == 1
     absent_predicted, absent_vector = list(c.predicted).count(None), list(c.vector).count(None)
@@ -90,6 +92,11 @@ def sqlite_insert(conn: Connection, columns: Columns, received_at: float) -> int
     inserted = int(dbapi.total_changes - before)
     queue_rows_after(conn, last_pk)
     return inserted
+
+
+def largest_pk(conn: Connection) -> int:
+    """The largest prediction pk stored (0 for none): new rows go above it on SQLite."""
+    return int(conn.exec_driver_sql("SELECT coalesce(max(pk), 0) FROM predictions").scalar_one())
 
 
 def queue_rows_after(conn: Connection, last_pk: int) -> None:

@@ -6,7 +6,7 @@ meanwhile."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -82,6 +82,25 @@ def while_rebuilding(monkeypatch: pytest.MonkeyPatch, action: object) -> None:
     monkeypatch.setattr(aggregates, "fetch_columns", fetch_then_commit_elsewhere)
 
 
+def labelling(engine: Engine, pid: str, correct: bool) -> Callable[[], None]:
+    """Another transaction labelling ``pid`` and committing (for ``while_rebuilding``)."""
+
+    def label() -> None:
+        with engine.begin() as conn:
+            apply_feedback(conn, [FeedbackItem("m", pid, correct, None)], now=6000.0)
+
+    return label
+
+
+def folded_and_one_new(engine: Engine) -> None:
+    """p0..p2 folded as predictions (no labels), p3 stored and not folded yet."""
+    with engine.begin() as conn:
+        insert_predictions(conn, rows(0, 1, 2), now=5000.0)
+    drain(engine)
+    with engine.begin() as conn:
+        insert_predictions(conn, rows(3), now=5000.0)
+
+
 def test_rows_and_labels_committed_during_a_rebuild_are_counted_once(
     pg_engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -120,18 +139,9 @@ def test_a_label_for_a_row_the_rebuild_must_mark_fails_it_whole(
     """The rebuild reads p3 unlabelled and unfolded, then the label commits: marking p3 would claim
     a label it did not count, so the rebuild fails, changes nothing, and says to run it again."""
     engine = pg_engine
-    with engine.begin() as conn:
-        insert_predictions(conn, rows(0, 1, 2), now=5000.0)
-    drain(engine)
-    with engine.begin() as conn:
-        insert_predictions(conn, rows(3), now=5000.0)  # not folded yet
+    folded_and_one_new(engine)
     before = snapshot(engine)
-
-    def label_elsewhere() -> None:
-        with engine.begin() as conn:
-            apply_feedback(conn, [FeedbackItem("m", "p3", False, None)], now=6000.0)
-
-    while_rebuilding(monkeypatch, label_elsewhere)
+    while_rebuilding(monkeypatch, labelling(engine, "p3", False))
     with pytest.raises(OperationalError) as failed, engine.begin() as conn:
         rebuild(conn, BUCKET, FINE)
     assert isinstance(failed.value.orig, SerializationFailure)
@@ -144,12 +154,7 @@ def test_a_label_for_a_row_the_rebuild_must_mark_fails_it_whole(
     url = engine.url.render_as_string(hide_password=False)
     with engine.begin() as conn:  # another row to mark, and its label arrives mid-rebuild
         insert_predictions(conn, rows(4), now=5000.0)
-
-    def label_p4() -> None:
-        with engine.begin() as conn:
-            apply_feedback(conn, [FeedbackItem("m", "p4", True, None)], now=6000.0)
-
-    while_rebuilding(monkeypatch, label_p4)
+    while_rebuilding(monkeypatch, labelling(engine, "p4", True))
     assert main(["rebuild-aggregates", "--all", "--attempts", "1", "--database-url", url]) == 1
     err = capsys.readouterr().err
     assert "changed while the rebuild ran" in err and "run it again" in err
@@ -168,17 +173,8 @@ def test_the_rebuild_command_tries_again_by_itself(
     """A label for a row the first run must count fails that run; the command's next attempt (its
     default allows three) sees the label and completes: everything counted once."""
     engine = pg_engine
-    with engine.begin() as conn:
-        insert_predictions(conn, rows(0, 1, 2), now=5000.0)
-    drain(engine)
-    with engine.begin() as conn:
-        insert_predictions(conn, rows(3), now=5000.0)  # not folded yet
-
-    def label_p3() -> None:
-        with engine.begin() as conn:
-            apply_feedback(conn, [FeedbackItem("m", "p3", True, None)], now=6000.0)
-
-    while_rebuilding(monkeypatch, label_p3)  # on the first attempt only
+    folded_and_one_new(engine)
+    while_rebuilding(monkeypatch, labelling(engine, "p3", True))  # on the first attempt only
     url = engine.url.render_as_string(hide_password=False)
     assert main(["rebuild-aggregates", "--all", "--database-url", url]) == 0
     captured = capsys.readouterr()
