@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CollectorRegistry, generate_latest
 from sqlalchemy import Engine
-from starlette.responses import Response
 
 from monitor import __version__
 from monitor.collector import apidocs
 from monitor.collector.auth import Authenticator
 from monitor.collector.deps import Context
-from monitor.collector.errors import JSONResponse, Throttled, error, install_handlers
+from monitor.collector.errors import JSONResponse, install_handlers
+from monitor.collector.middleware import Deadline, RequestTiming
 from monitor.collector.routes import ROUTERS
 from monitor.collector.schemas import CalibrateBatch, FeedbackBatch, PredictionBatch
 from monitor.collector.services import Notify, Services
@@ -85,8 +84,9 @@ def create_app(
         render_metrics=render_metrics if render_metrics is not None else (lambda: generate_latest(registry)),
         recalibrator=recalibrator,
     )
-    _enforce_deadline(app, settings.database.request_timeout_seconds)
-    _time_requests(app, metrics)
+    # The last added is the outermost: the duration metric also times the deadline's 503s.
+    app.add_middleware(Deadline, seconds=settings.database.request_timeout_seconds, exempt=_no_deadline)
+    app.add_middleware(RequestTiming, metrics=metrics)
     install_handlers(app, metrics)
     for router in ROUTERS:
         app.include_router(router)
@@ -95,58 +95,13 @@ def create_app(
     return app
 
 
-def _time_requests(app: FastAPI, metrics: ServiceMetrics) -> None:
-    @app.middleware("http")
-    async def _timing(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        path = getattr(request.scope.get("route"), "path", "unmatched")
-        metrics.request_duration.labels(request.method, path, str(response.status_code)).observe(
-            time.perf_counter() - started
-        )
-        return response
-
-
 # Routes that may legitimately run longer than a request deadline: a manual recalibration fits
 # models synchronously (its database work is bounded by the pool and statement timeouts).
 NO_DEADLINE = ("/recalibrate",)
 
 
-def _enforce_deadline(app: FastAPI, seconds: float) -> None:
-    """Answer 503 + Retry-After when a request is not done within ``seconds``.
-
-    A frozen database server (SIGSTOP, a stalled disk) accepts TCP but never answers, so neither
-    the connect timeout nor a server-side statement timeout fires. The request's worker thread is
-    left to finish when the server wakes; the caller is answered now. The pool timeout keeps later
-    requests from queueing behind the stuck connections.
-    """
-
-    throttle = Throttled()
-
-    @app.middleware("http")
-    async def _deadline(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        if request.url.path.endswith(NO_DEADLINE):
-            return await call_next(request)
-        task = asyncio.ensure_future(call_next(request))
-        done, _ = await asyncio.wait({task}, timeout=seconds)
-        if task in done:
-            return task.result()
-        task.add_done_callback(_discard)
-        task.cancel()
-        suppressed = throttle.allow()
-        if suppressed is not None:
-            extra = {"path": request.url.path, "suppressed": suppressed}
-            log.warning("request deadline passed; answering 503", extra=extra)
-        return error(
-            503,
-            f"no answer within {seconds:g} s (database stalled?); retry later",
-            headers={"Retry-After": "5"},
-        )
-
-
-def _discard(task: asyncio.Future[Response]) -> None:
-    if not task.cancelled():
-        task.exception()  # retrieved: an abandoned request's late failure is not an unhandled error
+def _no_deadline(path: str) -> bool:
+    return path.endswith(NO_DEADLINE)
 
 
 def _document_bodies(app: FastAPI, bodies: dict[str, type[Any]]) -> None:

@@ -55,31 +55,40 @@ class Context:
     recalibrator: RecalibrationTrigger | None
 
 
-def context(request: Request) -> Context:
+# The dependencies below are ``async def`` although they only read attributes: FastAPI runs a plain
+# ``def`` dependency in its thread pool, a thread hop each (three per ingest request, with the GIL
+# changing hands every time).
+
+
+def _context_of(request: Request) -> Context:
     found: Context = request.app.state.context
     return found
+
+
+async def context(request: Request) -> Context:
+    return _context_of(request)
 
 
 ContextDep = Annotated[Context, Depends(context)]
 
 
-def _settings(ctx: ContextDep) -> Settings:
+async def _settings(ctx: ContextDep) -> Settings:
     return ctx.settings
 
 
-def _engine(ctx: ContextDep) -> Engine:
+async def _engine(ctx: ContextDep) -> Engine:
     return ctx.engine
 
 
-def _services(ctx: ContextDep) -> Services:
+async def _services(ctx: ContextDep) -> Services:
     return ctx.services
 
 
-def _limits(ctx: ContextDep) -> LimitsConfig:
+async def _limits(ctx: ContextDep) -> LimitsConfig:
     return ctx.settings.limits
 
 
-def _auth(ctx: ContextDep) -> Authenticator:
+async def _auth(ctx: ContextDep) -> Authenticator:
     return ctx.auth
 
 
@@ -94,7 +103,7 @@ def require(scope: Scope) -> Callable[[Request], Awaitable[None]]:
     """A route dependency: the request's bearer token must grant ``scope`` (when tokens exist)."""
 
     async def dependency(request: Request) -> None:
-        context(request).auth.authorize(request.headers.get("authorization"), scope)
+        _context_of(request).auth.authorize(request.headers.get("authorization"), scope)
 
     return dependency
 

@@ -31,17 +31,31 @@ _INT64 = 2**63
 class PlainRules:
     """The limits a plain record is checked against, resolved once per request."""
 
-    __slots__ = ("id_length", "label_length", "latest", "oldest")
+    __slots__ = ("id_length", "label_length", "latest", "names", "oldest")
 
     def __init__(self, now: float, limits: LimitsConfig, horizon_days: float | None):
         self.id_length = min(256, limits.max_id_length)
         self.label_length = min(256, limits.max_label_length)
         self.latest = now + limits.max_future_skew_seconds
         self.oldest = 0.0 if horizon_days is None else max(0.0, now - horizon_days * 86400.0)
+        # Model and segment names passed in this request: a batch repeats a few of them on every
+        # record, so each is matched once (the set holds at most two per record of the batch).
+        self.names: set[str] = set()
 
 
 def _name(value: Any, limit: int) -> bool:
     return type(value) is str and 0 < len(value) <= limit and _NAME.fullmatch(value) is not None
+
+
+def _series_name(value: Any, rules: PlainRules) -> bool:
+    if type(value) is not str:  # a list or an object would not even hash
+        return False
+    if value in rules.names:
+        return True
+    if _name(value, 256):
+        rules.names.add(value)
+        return True
+    return False
 
 
 Plain = tuple[str, str, str, float, float, str | None]  # model, id, segment, ts, confidence, predicted
@@ -54,10 +68,10 @@ def plain_prediction(item: Any, now: float, rules: PlainRules) -> Plain | None:
     fields: dict[str, Any] = item
     model: Any = fields.get("model")
     pid: Any = fields.get("id")
-    if not _name(model, 256) or not _name(pid, rules.id_length):
+    if not _series_name(model, rules) or not _name(pid, rules.id_length):
         return None
     segment: Any = fields.get("segment", "default")
-    if segment != "default" and (not _name(segment, 256) or segment == MODEL_WIDE):
+    if segment != "default" and (segment == MODEL_WIDE or not _series_name(segment, rules)):
         return None
     ts: Any = fields.get("ts", now)
     kind = type(ts)

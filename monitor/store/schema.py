@@ -89,9 +89,15 @@ predictions = Table(
     Column("label", String(NAME_LENGTH)),
     Column("labelled_at", Float(precision=53)),
     UniqueConstraint("model", "prediction_id"),
-    # Windows and retention walk (model, segment, ts). No index on ts alone: prediction times arrive
-    # out of order, so it is a random-insert B-tree that cost 40% of SQLite ingest (measured).
-    Index(None, "model", "segment", "ts"),
+    # A series' rows in arrival order (recalibration's newest labelled rows, whether a series exists).
+    # Not keyed on ``ts``: clients send prediction times out of order, and an index on them takes
+    # each batch's rows at random places: a 1000-row SQLite commit wrote 429 pages at 60k rows, 89
+    # at 5k, growing with the store (benchmarks/RESULTS.md, "Series index on arrival"); ``pk`` only
+    # grows, so each series' new entries land on its last page (64 and 58 pages). ``segment`` leads
+    # so that a lookup by (model, id) has one usable index: PostgreSQL's generic plan for it, made
+    # before the table was first analysed, otherwise took the series index on ``model`` alone and
+    # filtered every row of the model (feedback 8x slower on a fresh store, worse as it grew).
+    Index(None, "segment", "model", "pk"),
 )
 
 # The fold's work list: a prediction whose row or label is not in the sketch buckets yet has a row

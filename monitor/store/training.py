@@ -43,8 +43,12 @@ def _class_index(label: str | None, classes: int) -> int | None:
 def labelled_rows(
     conn: Connection, model: str, segment: str, limit: int, since: float | None = None
 ) -> LabelledRows:
-    """Up to ``limit`` newest labelled predictions of the series (``*``: every segment), only those
-    predicted at or after ``since`` when given."""
+    """Up to ``limit`` labelled predictions of the series (``*``: every segment), only those
+    predicted at or after ``since`` when given, newest prediction time first.
+
+    The stored predictions chosen are the last ``limit`` calmon *received* (the series index is in
+    arrival order, ``schema.predictions``); for traffic logged as it happens that is the same rows
+    as the newest by ``ts``, and the fit/validation split still follows ``ts``."""
     query = (
         select(
             predictions.c.raw_confidence,
@@ -55,7 +59,7 @@ def labelled_rows(
             predictions.c.label,
         )
         .where(predictions.c.model == model, predictions.c.correct.is_not(None))
-        .order_by(predictions.c.ts.desc())
+        .order_by(predictions.c.pk.desc())
         .limit(limit)
     )
     if segment != MODEL_WIDE:
@@ -78,10 +82,8 @@ def labelled_rows(
         extra = extra.where(sample.segment == segment)
     if since is not None:
         extra = extra.where(sample.ts >= since)
-    found = conn.execute(extra).all()
-    if found:  # merge the two newest-first lists, keep the newest ``limit``
-        rows.extend((float(p), bool(y), float(ts), None, None) for p, y, ts in found)
-        rows = sorted(rows, key=lambda row: -row[2])[:limit]
+    rows.extend((float(p), bool(y), float(ts), None, None) for p, y, ts in conn.execute(extra))
+    rows = sorted(rows, key=lambda row: -row[2])[:limit]  # both lists by prediction time, the newest
     return LabelledRows(
         p=np.array([r[0] for r in rows], dtype=np.float64),
         y=np.array([r[1] for r in rows], dtype=np.float64),

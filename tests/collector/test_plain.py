@@ -138,3 +138,17 @@ def test_plain_records_take_the_shortcut_and_odd_ones_do_not() -> None:
         {k: v for k, v in base.items() if k != "confidence"},
     ):
         assert plain_prediction(odd, NOW, rules) is None, odd
+
+
+def test_names_a_request_already_passed_are_not_matched_again_but_still_judged() -> None:
+    """One ``PlainRules`` serves a whole batch and remembers the model and segment names it passed:
+    what it remembers must not let an odd value through, nor fail on one that cannot be hashed."""
+    rules = PlainRules(NOW, LIMITS, HORIZON)
+    base = {"model": "*", "id": "a", "segment": "s", "ts": NOW - 5, "confidence": 0.9}
+    assert plain_prediction(base, NOW, rules) is not None
+    assert full_path([base])[1] == []  # "*" is a model name the API accepts
+    assert rules.names == {"*", "s"}
+    assert plain_prediction({**base, "segment": "*"}, NOW, rules) is None  # but never a segment
+    assert plain_prediction({**base, "model": ["*"]}, NOW, rules) is None
+    assert plain_prediction({**base, "segment": {"s": 1}}, NOW, rules) is None
+    assert plain_prediction({**base, "model": "s", "segment": "*"}, NOW, rules) is None

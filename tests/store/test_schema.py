@@ -134,3 +134,36 @@ def test_the_work_list_migration_carries_the_fold_state_both_ways(db_url: str) -
         assert back == {pid: state for pid, (state, _) in states.items()}
     finally:
         engine.dispose()
+
+
+def test_the_series_index_migration_swaps_ts_for_arrival_and_back(db_url: str) -> None:
+    """0013 replaces the (model, segment, ts) index with (segment, model, pk); its downgrade restores it."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import inspect
+
+    from monitor.store.engine import create_store_engine
+    from monitor.store.migrate import MIGRATIONS
+
+    def series_indexes() -> dict[str, list[str | None]]:
+        with engine.connect() as conn:
+            found = inspect(conn).get_indexes("predictions")
+        return {ix["name"]: ix["column_names"] for ix in found if ix["name"] and "segment" in ix["name"]}
+
+    engine = create_store_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            metadata.drop_all(conn)
+            conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
+        upgrade(engine, "0012")
+        assert series_indexes() == {"ix_predictions_model_segment_ts": ["model", "segment", "ts"]}
+        upgrade(engine)
+        assert series_indexes() == {"ix_predictions_segment_model_pk": ["segment", "model", "pk"]}
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0012")
+        assert series_indexes() == {"ix_predictions_model_segment_ts": ["model", "segment", "ts"]}
+    finally:
+        engine.dispose()
