@@ -232,8 +232,7 @@ class Scheduler:
         raw_cutoff = now - cfg.raw_days * DAY
         total = 0
         while True:
-            with self.engine.begin() as conn:
-                deleted = retention.delete_folded_predictions(conn, raw_cutoff, cfg.batch_rows)
+            deleted = retention.delete_folded_batch(self.engine, raw_cutoff, cfg.batch_rows)
             total += deleted
             if deleted < cfg.batch_rows:
                 break
