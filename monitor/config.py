@@ -344,7 +344,8 @@ class RetentionConfig(_Section):
     raw_days: float = Field(30, gt=0)
     sketch_days: float = Field(400, gt=0)
     interval_seconds: float = Field(3600.0, gt=0)
-    batch_rows: int = Field(10_000, ge=100)
+    # A batch's pks are bound one parameter each in its DELETE: PostgreSQL takes at most 65,535.
+    batch_rows: int = Field(10_000, ge=100, le=50_000)
 
 
 class SchedulerConfig(_Section):

@@ -81,6 +81,7 @@ def test_yaml_then_env_then_overrides(config_file: Path, monkeypatch: pytest.Mon
         ("drift: {baseline_start: 200, baseline_end: 100}", "drift"),
         ("models: {m: {segments: {s: {drift: {tolerance: 0.05}}}}}", "models.m.segments.s.drift"),
         ("root_path: calmon/", "root_path"),
+        ("retention: {batch_rows: 100000}", "retention.batch_rows"),
         ("root_path: '/a/<b>'", "root_path"),
     ],
 )
