@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -30,8 +29,6 @@ from monitor.recalibration.service import RecalibrationTrigger
 from monitor.telemetry import ServiceMetrics
 
 __all__ = ["create_app"]
-
-log = logging.getLogger("calmon.collector")
 
 # Routes that read their own body (to report per-record errors) still publish its schema.
 REQUEST_BODIES: dict[str, type[Any]] = {

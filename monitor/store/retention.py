@@ -49,9 +49,12 @@ def delete_folded_batch(engine: Engine, before: float, limit: int) -> int:
         return _delete_if_folded(conn, before, pks)
 
 
-def expired_predictions(conn: Connection, before: float, limit: int) -> list[int]:
-    """Up to ``limit`` pks of folded predictions made before ``before``."""
+def expired_predictions(conn: Connection, before: float, limit: int, lock: bool = False) -> list[int]:
+    """Up to ``limit`` pks of folded predictions made before ``before`` (``lock``: PostgreSQL row
+    locks, skipping rows another transaction holds)."""
     expired = select(predictions.c.pk).where(predictions.c.ts < before, ~needs_fold()).limit(limit)
+    if lock:
+        expired = expired.with_for_update(skip_locked=True)
     return [pk for (pk,) in conn.execute(expired)]
 
 
@@ -62,13 +65,8 @@ def delete_folded_predictions(conn: Connection, before: float, limit: int) -> in
     the delete, a statement later, checks again that each is off the work list: a label committed
     before the lock queued its row for the fold (the label was answered as applied), and the row
     stays; a label arriving after it waits, then finds no row and is parked as for an unknown id."""
-    expired = select(predictions.c.pk).where(predictions.c.ts < before, ~needs_fold()).limit(limit)
-    if conn.dialect.name == "postgresql":
-        expired = expired.with_for_update(skip_locked=True)
-    pks = [pk for (pk,) in conn.execute(expired)]
-    if not pks:
-        return 0
-    return _delete_if_folded(conn, before, pks)
+    pks = expired_predictions(conn, before, limit, lock=conn.dialect.name == "postgresql")
+    return _delete_if_folded(conn, before, pks) if pks else 0
 
 
 def _delete_if_folded(conn: Connection, before: float, pks: list[int]) -> int:
